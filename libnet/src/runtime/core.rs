@@ -1,0 +1,531 @@
+//! One event loop: its coroutines, FIFO run queue, reactor and timers.
+//!
+//! A [`Core`] lives on exactly one thread and is reached through a thread-local
+//! pointer while that thread runs its loop. Everything in it is single-threaded
+//! (`Rc`, `RefCell`); the only parts other threads can touch live in [`Remote`]
+//! (an inbox of messages plus the mio waker that interrupts `poll`).
+//!
+//! One iteration of the loop ([`Core::run`]):
+//! 1. drain the inbox (spawns and wake-ups sent from other threads);
+//! 2. run at most `batch` queued coroutines, in FIFO order;
+//! 3. poll the reactor: without blocking if coroutines are still queued, else
+//!    until the next timer deadline or an inbox message;
+//! 4. wake the coroutines whose IO became ready and whose timers expired.
+//!
+//! Waking is by *waiter*: a (task key, epoch) pair taken before parking. Every
+//! wake bumps the task's epoch, so a waiter left behind in a reactor list or a
+//! timer after the task moved on is recognised as stale and ignored.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corosensei::stack::DefaultStack;
+use corosensei::{Coroutine, CoroutineResult, Yielder};
+use slab::Slab;
+
+use super::reactor::Reactor;
+use super::wheel::{TimerId, Wheel};
+use super::RtShared;
+
+/// The coroutine type every task runs in.
+type Co = Coroutine<(), (), (), DefaultStack>;
+
+thread_local! {
+    /// The loop this thread is running, if any.
+    static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+    /// The yielder of the coroutine running right now on this thread; null
+    /// when the thread is in the scheduler or not a loop thread at all.
+    static YIELDER: Cell<*const Yielder<(), ()>> = const { Cell::new(ptr::null()) };
+}
+
+/// The loop running on this thread, if any.
+pub(crate) fn current() -> Option<Rc<Core>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// True when called from inside a libnet coroutine.
+pub(crate) fn in_coroutine() -> bool {
+    !YIELDER.with(|y| y.get()).is_null()
+}
+
+/// Suspends the running coroutine back to the scheduler.
+///
+/// The caller has already recorded why (queued for a yield, parked waiting
+/// for a waiter); this only switches stacks.
+fn suspend() {
+    let y = YIELDER.with(|c| c.get());
+    assert!(!y.is_null(), "libnet: suspend outside a coroutine");
+    // SAFETY: YIELDER is set by the coroutine body to the `Yielder` that
+    // corosensei passed it, which lives on that coroutine's stack for as long
+    // as the coroutine runs. It is non-null only while that coroutine is the
+    // one executing on this thread (the scheduler nulls it after every
+    // `resume` returns), and we are executing on that coroutine's stack now,
+    // so the pointee is alive. `Yielder` is `!Send`; the pointer never leaves
+    // this thread because the thread-local is per thread.
+    unsafe { (*y).suspend(()) };
+    // Another coroutine may have run in between and overwritten YIELDER.
+    YIELDER.with(|c| c.set(y));
+}
+
+/// Scheduling state of one task.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    /// In the run queue, waiting for its turn.
+    Queued,
+    /// Executing right now (the one current task of the loop).
+    Running,
+    /// Suspended until a waiter with its current epoch is woken.
+    Parked,
+}
+
+/// One coroutine and its scheduling state.
+struct Task {
+    /// The coroutine; `None` while it is being resumed (taken out of the slab).
+    co: Option<Co>,
+    /// Where it is in its life.
+    state: State,
+    /// Changes on every wake-up; waiters carrying an older epoch are stale.
+    epoch: u64,
+    /// Woken while running or queued: the next `park` returns at once.
+    notified: bool,
+}
+
+/// Identifies one wait of one task on this loop: cheap, `Copy`, thread-local.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct LocalWaiter {
+    /// Slab key of the task.
+    pub(crate) key: usize,
+    /// The task's epoch when the waiter was taken.
+    pub(crate) epoch: u64,
+}
+
+/// What an expired timer does.
+pub(crate) enum TimerAction {
+    /// Wakes a parked task (sleeps and timeouts).
+    Wake(LocalWaiter),
+    /// Runs a callback timer (see [`crate::time::after`]).
+    Callback(Rc<crate::time::CallbackTimer>),
+}
+
+/// A message sent to a loop from another thread.
+pub(crate) enum Msg {
+    /// Wake the task with this key if its epoch still matches.
+    Wake(LocalWaiter),
+    /// Start a coroutine running this closure.
+    Spawn(Box<dyn FnOnce() + Send>),
+}
+
+/// The part of a loop that other threads may touch.
+pub(crate) struct Remote {
+    /// Index of the loop in its runtime.
+    pub(crate) index: usize,
+    /// Messages waiting to be drained by the loop.
+    inbox: Mutex<Vec<Msg>>,
+    /// Set when `inbox` holds something, so the loop skips the lock otherwise.
+    pending: AtomicBool,
+    /// Set while the loop is (about to be) blocked in `poll`; a sender that
+    /// clears it must wake the poll.
+    sleeping: AtomicBool,
+    /// Interrupts the loop's `poll`.
+    waker: mio::Waker,
+}
+
+impl Remote {
+    pub(crate) fn new(index: usize, waker: mio::Waker) -> Remote {
+        Remote {
+            index,
+            inbox: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            waker,
+        }
+    }
+
+    /// Queues a message for the loop and makes sure it will see it soon.
+    pub(crate) fn send(&self, msg: Msg) {
+        self.inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg);
+        self.pending.store(true, Ordering::SeqCst);
+        self.notify();
+    }
+
+    /// Interrupts the loop's poll if it is blocked in it.
+    pub(crate) fn notify(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.waker.wake() {
+                log::error!("libnet: cannot wake loop {}: {e}", self.index);
+            }
+        }
+    }
+}
+
+/// Settings of a loop, copied from the runtime builder.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LoopConfig {
+    /// Usable size of each coroutine stack, in bytes (a guard page is added).
+    pub(crate) stack_size: usize,
+    /// How many finished stacks the loop keeps for reuse.
+    pub(crate) max_pooled_stacks: usize,
+    /// How many queued coroutines run between two polls of the reactor.
+    pub(crate) batch: usize,
+}
+
+/// One event loop (see the module docs).
+pub(crate) struct Core {
+    /// Cross-thread part of this loop.
+    pub(crate) remote: Arc<Remote>,
+    /// The runtime this loop belongs to.
+    pub(crate) rt: Arc<RtShared>,
+    /// Settings.
+    config: LoopConfig,
+    /// All live tasks, keyed by slab index.
+    tasks: RefCell<Slab<Task>>,
+    /// Keys of tasks ready to run, in FIFO order.
+    run_queue: RefCell<VecDeque<usize>>,
+    /// Key of the running task; `usize::MAX` while in the scheduler.
+    current: Cell<usize>,
+    /// Source of task epochs; strictly increasing, never reused.
+    next_epoch: Cell<u64>,
+    /// Finished stacks kept for reuse (bounded by `config.max_pooled_stacks`).
+    stacks: RefCell<Vec<DefaultStack>>,
+    /// IO readiness.
+    pub(crate) reactor: Reactor,
+    /// Pending timers, in milliseconds since `origin`.
+    timers: RefCell<Wheel<TimerAction>>,
+    /// Time zero of the timer wheel.
+    origin: Instant,
+    /// The loop's clock, read once after each poll.
+    now: Cell<Instant>,
+    /// Set once the loop has begun shutting down: no new waits, no new tasks.
+    stopping: Cell<bool>,
+}
+
+/// Error returned by waits once the runtime is shutting down.
+pub(crate) fn shutdown_error() -> io::Error {
+    io::Error::other("libnet runtime is shutting down")
+}
+
+impl Core {
+    pub(crate) fn new(
+        remote: Arc<Remote>,
+        rt: Arc<RtShared>,
+        poll: mio::Poll,
+        config: LoopConfig,
+    ) -> Core {
+        let now = Instant::now();
+        Core {
+            remote,
+            rt,
+            config,
+            tasks: RefCell::new(Slab::with_capacity(256)),
+            run_queue: RefCell::new(VecDeque::with_capacity(256)),
+            current: Cell::new(usize::MAX),
+            next_epoch: Cell::new(1),
+            stacks: RefCell::new(Vec::new()),
+            reactor: Reactor::new(poll),
+            timers: RefCell::new(Wheel::new(0)),
+            origin: now,
+            now: Cell::new(now),
+            stopping: Cell::new(false),
+        }
+    }
+
+    /// Index of this loop in its runtime.
+    pub(crate) fn index(&self) -> usize {
+        self.remote.index
+    }
+
+    /// The loop's clock: the time of the last reactor poll.
+    pub(crate) fn now(&self) -> Instant {
+        self.now.get()
+    }
+
+    /// True once the loop has begun shutting down.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    fn bump_epoch(&self) -> u64 {
+        let e = self.next_epoch.get();
+        self.next_epoch.set(e + 1);
+        e
+    }
+
+    /// Starts a coroutine running `f` on this loop.
+    ///
+    /// `f` must catch its own panics (the task layer wraps user closures).
+    /// During shutdown `f` is dropped without running.
+    pub(crate) fn spawn_raw(&self, f: Box<dyn FnOnce()>) {
+        if self.stopping.get() {
+            return;
+        }
+        let stack = self.stacks.borrow_mut().pop();
+        let stack = match stack {
+            Some(s) => s,
+            None => match DefaultStack::new(self.config.stack_size) {
+                Ok(s) => s,
+                Err(e) => panic!("libnet: cannot allocate a coroutine stack: {e}"),
+            },
+        };
+        let co = Co::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
+            YIELDER.with(|c| c.set(y));
+            f();
+        });
+        let epoch = self.bump_epoch();
+        let key = self.tasks.borrow_mut().insert(Task {
+            co: Some(co),
+            state: State::Queued,
+            epoch,
+            notified: false,
+        });
+        self.run_queue.borrow_mut().push_back(key);
+    }
+
+    /// The waiter for the running task's next park.
+    pub(crate) fn waiter(&self) -> LocalWaiter {
+        let key = self.current.get();
+        debug_assert!(key != usize::MAX, "waiter() outside a coroutine");
+        let epoch = self.tasks.borrow()[key].epoch;
+        LocalWaiter { key, epoch }
+    }
+
+    /// Wakes the task behind `w` if `w` is still current. Safe to call with
+    /// stale waiters and from inside or outside coroutines of this loop.
+    pub(crate) fn wake(&self, w: LocalWaiter) {
+        let mut tasks = self.tasks.borrow_mut();
+        let Some(t) = tasks.get_mut(w.key) else {
+            return;
+        };
+        if t.epoch != w.epoch {
+            return;
+        }
+        t.epoch = self.bump_epoch();
+        if t.state == State::Parked {
+            t.state = State::Queued;
+            drop(tasks);
+            self.run_queue.borrow_mut().push_back(w.key);
+        } else {
+            t.notified = true;
+        }
+    }
+
+    /// Parks the running coroutine until its waiter is woken. May return
+    /// spuriously: callers re-check their condition.
+    pub(crate) fn park(&self) {
+        let key = self.current.get();
+        {
+            let mut tasks = self.tasks.borrow_mut();
+            let t = &mut tasks[key];
+            if t.notified {
+                t.notified = false;
+                return;
+            }
+            t.state = State::Parked;
+        }
+        suspend();
+    }
+
+    /// Parks the running coroutine until woken or until `deadline`.
+    /// Returns an error once the runtime is shutting down.
+    pub(crate) fn park_until(&self, deadline: Option<Instant>) -> io::Result<()> {
+        if self.stopping.get() {
+            return Err(shutdown_error());
+        }
+        match deadline {
+            None => self.park(),
+            Some(d) => {
+                let w = self.waiter();
+                let id = self.add_timer(d, TimerAction::Wake(w));
+                self.park();
+                self.cancel_timer(id);
+            }
+        }
+        if self.stopping.get() {
+            return Err(shutdown_error());
+        }
+        Ok(())
+    }
+
+    /// Moves the running coroutine to the back of the run queue.
+    pub(crate) fn yield_now(&self) {
+        let key = self.current.get();
+        self.tasks.borrow_mut()[key].state = State::Queued;
+        self.run_queue.borrow_mut().push_back(key);
+        suspend();
+    }
+
+    /// Converts an instant to a wheel tick, rounding up so timers never fire early.
+    fn tick_of(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.origin);
+        let ms = d.as_millis() as u64;
+        if d.subsec_nanos() % 1_000_000 != 0 {
+            ms + 1
+        } else {
+            ms
+        }
+    }
+
+    /// Schedules `action` at `deadline`.
+    pub(crate) fn add_timer(&self, deadline: Instant, action: TimerAction) -> TimerId {
+        let tick = self.tick_of(deadline);
+        self.timers.borrow_mut().insert(tick, action)
+    }
+
+    /// Cancels a timer; returns false if it already fired.
+    pub(crate) fn cancel_timer(&self, id: TimerId) -> bool {
+        self.timers.borrow_mut().cancel(id).is_some()
+    }
+
+    /// Number of pending timers (for tests and stats).
+    pub(crate) fn pending_timers(&self) -> usize {
+        self.timers.borrow().len()
+    }
+
+    /// Runs up to `batch` queued coroutines.
+    fn run_batch(&self) {
+        for _ in 0..self.config.batch {
+            let Some(key) = self.run_queue.borrow_mut().pop_front() else {
+                return;
+            };
+            self.resume(key);
+        }
+    }
+
+    /// Resumes one task until it parks, yields or finishes.
+    fn resume(&self, key: usize) {
+        let mut co = {
+            let mut tasks = self.tasks.borrow_mut();
+            let t = &mut tasks[key];
+            t.state = State::Running;
+            t.co.take().expect("queued task has its coroutine")
+        };
+        self.current.set(key);
+        let result = co.resume(());
+        self.current.set(usize::MAX);
+        YIELDER.with(|c| c.set(ptr::null()));
+        match result {
+            CoroutineResult::Yield(()) => {
+                self.tasks.borrow_mut()[key].co = Some(co);
+            }
+            CoroutineResult::Return(()) => {
+                self.tasks.borrow_mut().remove(key);
+                let stack = co.into_stack();
+                let mut stacks = self.stacks.borrow_mut();
+                if stacks.len() < self.config.max_pooled_stacks {
+                    stacks.push(stack);
+                }
+            }
+        }
+    }
+
+    /// Takes the inbox's messages and acts on them.
+    fn drain_inbox(&self, buf: &mut Vec<Msg>) {
+        if !self.remote.pending.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        std::mem::swap(
+            &mut *self
+                .remote
+                .inbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            buf,
+        );
+        for msg in buf.drain(..) {
+            match msg {
+                Msg::Wake(w) => self.wake(w),
+                Msg::Spawn(f) => self.spawn_raw(f),
+            }
+        }
+    }
+
+    /// Fires every timer whose deadline has passed.
+    fn fire_timers(&self, fired: &mut Vec<TimerAction>) {
+        let tick = self.now.get().saturating_duration_since(self.origin).as_millis() as u64;
+        self.timers.borrow_mut().poll(tick, fired);
+        for action in fired.drain(..) {
+            match action {
+                TimerAction::Wake(w) => self.wake(w),
+                TimerAction::Callback(t) => crate::time::CallbackTimer::fire(t, self),
+            }
+        }
+    }
+
+    /// How long the next poll may block.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.run_queue.borrow().is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next = self.timers.borrow().next_deadline()?;
+        let at = self.origin + Duration::from_millis(next);
+        Some(at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs the loop until the runtime exits, then shuts it down.
+    pub(crate) fn run(self: &Rc<Self>) {
+        CURRENT.with(|c| *c.borrow_mut() = Some(self.clone()));
+        let mut inbox = Vec::new();
+        let mut fired = Vec::new();
+        loop {
+            self.drain_inbox(&mut inbox);
+            self.run_batch();
+            if self.rt.exiting() {
+                break;
+            }
+            let mut timeout = self.poll_timeout();
+            if timeout != Some(Duration::ZERO) {
+                self.remote.sleeping.store(true, Ordering::SeqCst);
+                if self.remote.pending.load(Ordering::SeqCst) || self.rt.exiting() {
+                    timeout = Some(Duration::ZERO);
+                }
+            }
+            if let Err(e) = self.reactor.poll(self, timeout) {
+                log::error!("libnet: loop {} poll failed: {e}", self.index());
+            }
+            self.remote.sleeping.store(false, Ordering::SeqCst);
+            self.now.set(Instant::now());
+            self.fire_timers(&mut fired);
+        }
+        self.shutdown();
+        CURRENT.with(|c| *c.borrow_mut() = None);
+    }
+
+    /// Drops every task still alive, unwinding its stack so its destructors
+    /// run (sockets close, join handles report cancellation).
+    fn shutdown(&self) {
+        self.stopping.set(true);
+        // Dropping a task can drop join handles or channels that wake or even
+        // try to spawn others; loop until nothing is left.
+        for _ in 0..16 {
+            let keys: Vec<usize> = self.tasks.borrow().iter().map(|(k, _)| k).collect();
+            if keys.is_empty() {
+                break;
+            }
+            for key in keys {
+                let co = self.tasks.borrow_mut().try_remove(key).and_then(|t| t.co);
+                if let Some(co) = co {
+                    // The task's own destructors run here, on its stack.
+                    if let Err(p) = panic::catch_unwind(AssertUnwindSafe(move || drop(co))) {
+                        log::error!(
+                            "libnet: a destructor panicked while shutting down loop {}: {}",
+                            self.index(),
+                            crate::runtime::panic_message(&*p)
+                        );
+                    }
+                }
+            }
+        }
+        self.run_queue.borrow_mut().clear();
+        self.timers.replace(Wheel::new(0));
+        self.stacks.borrow_mut().clear();
+    }
+}

@@ -1,0 +1,222 @@
+//! The one helper every blocking socket operation goes through.
+//!
+//! [`IoSource::do_io`] tries the non-blocking operation first and only on
+//! `WouldBlock` waits for readiness, then tries again:
+//! - inside a coroutine, it registers the socket with the current loop's
+//!   reactor (lazily, on the first wait), adds the coroutine as a waiter for
+//!   the direction, and parks it (with a timer if the operation has a timeout);
+//! - on a plain thread (no runtime), it blocks the thread on a private poller
+//!   until the socket is ready or the timeout passes;
+//! - on a loop thread outside a coroutine, it returns an error rather than
+//!   stall every coroutine of the loop.
+
+use std::cell::{OnceCell, RefCell};
+use std::io;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use std::os::fd::AsRawFd;
+
+use mio::event::Source;
+
+use super::core::{self, Core};
+use super::reactor::Direction;
+
+/// A socket's registration with one loop.
+struct Registration {
+    /// The loop the socket is registered with.
+    core: Rc<Core>,
+    /// Its token in that loop's reactor.
+    token: usize,
+}
+
+/// A mio socket plus its lazy registration. `!Send`: a registered socket
+/// belongs to its loop's thread (move sockets between loops as std sockets).
+pub(crate) struct IoSource<S: Source + AsRawFd> {
+    /// The non-blocking socket.
+    source: S,
+    /// Set on the first wait inside a coroutine.
+    reg: OnceCell<Registration>,
+    /// Keeps the type on its thread.
+    _not_send: PhantomData<Rc<()>>,
+}
+
+/// The error a blocking call gets on a loop thread outside any coroutine.
+fn outside_coroutine_error() -> io::Error {
+    io::Error::other(
+        "libnet: blocking socket operation on an event-loop thread outside a coroutine \
+         (it would stall the loop); call it from a coroutine",
+    )
+}
+
+/// The error an operation gets when its timeout expires.
+pub(crate) fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "operation timed out")
+}
+
+impl<S: Source + AsRawFd> IoSource<S> {
+    pub(crate) fn new(source: S) -> IoSource<S> {
+        IoSource {
+            source,
+            reg: OnceCell::new(),
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The wrapped socket.
+    pub(crate) fn get(&self) -> &S {
+        &self.source
+    }
+
+    /// Takes the socket back out, removing it from the poller (it stays open).
+    pub(crate) fn into_inner(mut self) -> S {
+        if let Some(reg) = self.reg.take() {
+            reg.core
+                .reactor
+                .deregister(&mut SourceRef(&self.source), reg.token);
+            // `reg`'s Drop frees nothing twice: forget() ignores unknown tokens.
+        }
+        self.source
+    }
+
+    /// Runs `op` until it does not return `WouldBlock`, waiting for readiness
+    /// in `dir` in between; fails with `TimedOut` once `timeout` has passed.
+    pub(crate) fn do_io<R>(
+        &self,
+        dir: Direction,
+        timeout: Option<Duration>,
+        mut op: impl FnMut(&S) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let mut deadline: Option<Instant> = None;
+        loop {
+            match op(&self.source) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+            // The deadline starts at the first wait, so the fast path never reads the clock.
+            if deadline.is_none() {
+                if let Some(t) = timeout {
+                    deadline = Some(Instant::now() + t);
+                }
+            }
+            self.wait(dir, deadline)?;
+        }
+    }
+
+    /// Waits once for readiness in `dir` (may return spuriously).
+    fn wait(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+        if let Some(d) = deadline {
+            if Instant::now() >= d {
+                return Err(timed_out());
+            }
+        }
+        match core::current() {
+            Some(core) => {
+                if !core::in_coroutine() {
+                    return Err(outside_coroutine_error());
+                }
+                if core.stopping() {
+                    return Err(core::shutdown_error());
+                }
+                let token = self.token_for(&core)?;
+                core.reactor.add_waiter(token, dir, core.waiter());
+                core.park_until(deadline)
+            }
+            None => wait_on_thread(&self.source, dir, deadline),
+        }
+    }
+
+    /// This socket's token in `core`'s reactor, registering it on first use.
+    fn token_for(&self, core: &Rc<Core>) -> io::Result<usize> {
+        if let Some(reg) = self.reg.get() {
+            if !Rc::ptr_eq(&reg.core, core) {
+                return Err(io::Error::other(
+                    "libnet: socket is registered with another event loop",
+                ));
+            }
+            return Ok(reg.token);
+        }
+        // `register` needs `&mut S`; the source is only borrowed shared here,
+        // so register through a by-fd view of the same socket.
+        let token = core.reactor.register(&mut SourceRef(&self.source))?;
+        let _ = self.reg.set(Registration {
+            core: core.clone(),
+            token,
+        });
+        Ok(token)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // Closing the descriptor takes it out of the poller; only the
+        // reactor's bookkeeping needs freeing.
+        self.core.reactor.forget(self.token);
+    }
+}
+
+/// Registers a shared reference of a socket with mio, which wants `&mut`.
+///
+/// The poller only needs the socket's file descriptor; mio's own sockets
+/// implement `Source` for `&mut self` even though registration does not
+/// mutate them, so this forwards through the raw descriptor.
+struct SourceRef<'a, S>(&'a S);
+
+impl<S: AsRawFd> Source for SourceRef<'_, S> {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.0.as_raw_fd()).register(registry, token, interests)
+    }
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.0.as_raw_fd()).reregister(registry, token, interests)
+    }
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        mio::unix::SourceFd(&self.0.as_raw_fd()).deregister(registry)
+    }
+}
+
+thread_local! {
+    /// A private poller for plain threads that block on libnet sockets.
+    static THREAD_POLL: RefCell<Option<(mio::Poll, mio::Events)>> = const { RefCell::new(None) };
+}
+
+/// Blocks this (non-loop) thread until `source` is ready in `dir` or `deadline` passes.
+fn wait_on_thread<S: AsRawFd>(
+    source: &S,
+    dir: Direction,
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    let fd = source.as_raw_fd();
+    let interest = match dir {
+        Direction::Read => mio::Interest::READABLE,
+        Direction::Write => mio::Interest::WRITABLE,
+    };
+    THREAD_POLL.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some((mio::Poll::new()?, mio::Events::with_capacity(4)));
+        }
+        let (poll, events) = slot.as_mut().expect("initialised above");
+        let mut src = mio::unix::SourceFd(&fd);
+        poll.registry()
+            .register(&mut src, mio::Token(0), interest)?;
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let res = poll.poll(events, timeout);
+        let _ = poll.registry().deregister(&mut src);
+        match res {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            r => r,
+        }
+    })
+}

@@ -1,0 +1,141 @@
+//! The reactor: one `mio::Poll` per loop and the coroutines waiting on it.
+//!
+//! Sockets register once, edge-triggered, for both directions; the token is
+//! the index of their [`IoState`] in a slab. A coroutine whose operation
+//! returned `WouldBlock` adds its waiter to the list for that direction and
+//! parks; when `poll` reports readiness the whole list for the direction is
+//! woken, and each coroutine retries its operation (see [`super::io`]).
+
+use std::cell::RefCell;
+use std::io;
+use std::time::Duration;
+
+use mio::event::Source;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::core::{Core, LocalWaiter};
+
+/// Token of the cross-thread waker; never a slab index.
+pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
+
+/// Direction of an IO wait.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Direction {
+    /// Waiting to read (or accept, or receive).
+    Read,
+    /// Waiting to write (or connect, or send).
+    Write,
+}
+
+/// Who waits on one registered socket.
+#[derive(Default)]
+struct IoState {
+    /// Coroutines waiting for readability.
+    readers: Vec<LocalWaiter>,
+    /// Coroutines waiting for writability.
+    writers: Vec<LocalWaiter>,
+}
+
+/// See the module docs.
+pub(crate) struct Reactor {
+    /// The OS poller.
+    poll: RefCell<Poll>,
+    /// Buffer `poll` fills.
+    events: RefCell<Events>,
+    /// Registered sockets, indexed by token.
+    ios: RefCell<Slab<IoState>>,
+    /// Waiters collected from one poll, woken once all borrows are released.
+    to_wake: RefCell<Vec<LocalWaiter>>,
+}
+
+impl Reactor {
+    pub(crate) fn new(poll: Poll) -> Reactor {
+        Reactor {
+            poll: RefCell::new(poll),
+            events: RefCell::new(Events::with_capacity(1024)),
+            ios: RefCell::new(Slab::new()),
+            to_wake: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Registers `source` for both directions, edge-triggered; returns its token.
+    pub(crate) fn register(&self, source: &mut impl Source) -> io::Result<usize> {
+        let token = self.ios.borrow_mut().insert(IoState::default());
+        let res = self.poll.borrow().registry().register(
+            source,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        if let Err(e) = res {
+            self.ios.borrow_mut().remove(token);
+            return Err(e);
+        }
+        Ok(token)
+    }
+
+    /// Removes `source` from the poller and forgets its waiters.
+    pub(crate) fn deregister(&self, source: &mut impl Source, token: usize) {
+        // Failure means the socket is already gone from the poller; nothing to undo.
+        let _ = self.poll.borrow().registry().deregister(source);
+        self.ios.borrow_mut().try_remove(token);
+    }
+
+    /// Forgets the waiters of a token whose socket is being closed.
+    pub(crate) fn forget(&self, token: usize) {
+        self.ios.borrow_mut().try_remove(token);
+    }
+
+    /// Records that `w` waits on `token` in direction `dir`.
+    pub(crate) fn add_waiter(&self, token: usize, dir: Direction, w: LocalWaiter) {
+        let mut ios = self.ios.borrow_mut();
+        let Some(io) = ios.get_mut(token) else {
+            return;
+        };
+        let list = match dir {
+            Direction::Read => &mut io.readers,
+            Direction::Write => &mut io.writers,
+        };
+        // A task waits on one thing at a time: any older entry of it is stale.
+        list.retain(|o| o.key != w.key);
+        list.push(w);
+    }
+
+    /// Polls the OS once and wakes the coroutines whose sockets are ready.
+    pub(crate) fn poll(&self, core: &Core, timeout: Option<Duration>) -> io::Result<()> {
+        let mut events = self.events.borrow_mut();
+        match self.poll.borrow_mut().poll(&mut events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let mut to_wake = self.to_wake.borrow_mut();
+        {
+            let mut ios = self.ios.borrow_mut();
+            for ev in events.iter() {
+                if ev.token() == WAKER_TOKEN {
+                    continue;
+                }
+                let Some(io) = ios.get_mut(ev.token().0) else {
+                    continue;
+                };
+                let failed = ev.is_error();
+                if failed || ev.is_readable() || ev.is_read_closed() {
+                    to_wake.append(&mut io.readers);
+                }
+                if failed || ev.is_writable() || ev.is_write_closed() {
+                    to_wake.append(&mut io.writers);
+                }
+            }
+        }
+        for w in to_wake.drain(..) {
+            core.wake(w);
+        }
+        Ok(())
+    }
+
+    /// Registry used to create this loop's cross-thread waker.
+    pub(crate) fn waker(poll: &Poll) -> io::Result<mio::Waker> {
+        mio::Waker::new(poll.registry(), WAKER_TOKEN)
+    }
+}

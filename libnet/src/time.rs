@@ -1,0 +1,213 @@
+//! Time: the runtime clock, sleeping, periodic ticks and callback timers.
+//!
+//! Every loop keeps pending timers in a hierarchical wheel with millisecond
+//! ticks (O(1) insert and cancel, so 100,000 pending IO timeouts cost little);
+//! a timer never fires early and fires on the first loop iteration after its
+//! deadline. [`now`] is the loop's clock, read once per iteration: protocol
+//! code takes its `now` from here so that tests can feed it any time instead.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::rc::{Rc, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::runtime::core::{self, Core, TimerAction};
+use crate::runtime::wheel::TimerId;
+
+/// The runtime clock: the time at which the current loop last polled.
+/// Outside a runtime, `Instant::now()`.
+pub fn now() -> Instant {
+    match core::current() {
+        Some(c) => c.now(),
+        None => Instant::now(),
+    }
+}
+
+/// Parks the calling coroutine for `d` (the thread, outside a runtime).
+pub fn sleep(d: Duration) {
+    sleep_until(Instant::now() + d);
+}
+
+/// Parks the calling coroutine until `deadline` (the thread, outside a
+/// runtime). Returns early only when the runtime is shutting down.
+pub fn sleep_until(deadline: Instant) {
+    match core::current() {
+        Some(c) if core::in_coroutine() => {
+            while Instant::now() < deadline {
+                if c.park_until(Some(deadline)).is_err() {
+                    return;
+                }
+            }
+        }
+        _ => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                thread::sleep(left);
+            }
+        }
+    }
+}
+
+/// Ticks every `period`; see [`interval`].
+#[derive(Debug)]
+pub struct Interval {
+    period: Duration,
+    next: Instant,
+}
+
+/// A periodic ticker whose first tick is one `period` from now. If the
+/// caller falls behind, missed ticks are skipped rather than bunched up.
+pub fn interval(period: Duration) -> Interval {
+    assert!(!period.is_zero(), "libnet: interval period must be non-zero");
+    Interval {
+        period,
+        next: Instant::now() + period,
+    }
+}
+
+impl Interval {
+    /// Waits for the next tick and returns its scheduled time.
+    pub fn tick(&mut self) -> Instant {
+        let at = self.next;
+        sleep_until(at);
+        let now = Instant::now();
+        self.next += self.period;
+        if self.next <= now {
+            // Skip the ticks we missed, keeping the phase.
+            let behind = now.duration_since(self.next).as_nanos() / self.period.as_nanos() + 1;
+            self.next += self.period * behind as u32;
+        }
+        at
+    }
+
+    /// The period.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+}
+
+/// A timer that runs a callback in a fresh coroutine; see [`after`] and [`every`].
+pub(crate) struct CallbackTimer {
+    /// The callback; taken out while it runs.
+    f: RefCell<Option<Box<dyn FnMut()>>>,
+    /// `Some` for periodic timers.
+    period: Option<Duration>,
+    /// When it is due next.
+    deadline: Cell<Instant>,
+    /// Its entry in the loop's wheel, while pending.
+    id: Cell<Option<TimerId>>,
+    /// Set by [`Timer::cancel`].
+    cancelled: Cell<bool>,
+    /// The loop it lives on.
+    core: Weak<Core>,
+}
+
+impl CallbackTimer {
+    /// Called by the loop when the timer expires.
+    pub(crate) fn fire(t: Rc<CallbackTimer>, core: &Core) {
+        t.id.set(None);
+        if t.cancelled.get() {
+            return;
+        }
+        if let Some(p) = t.period {
+            let now = core.now();
+            let mut next = t.deadline.get() + p;
+            if next <= now {
+                next = now + p;
+            }
+            t.deadline.set(next);
+            t.id.set(Some(core.add_timer(next, TimerAction::Callback(t.clone()))));
+        }
+        let Some(mut f) = t.f.borrow_mut().take() else {
+            // The previous run is still blocked: skip this tick.
+            log::debug!("libnet: timer callback still running, tick skipped");
+            return;
+        };
+        crate::spawn(move || {
+            f();
+            if !t.cancelled.get() {
+                *t.f.borrow_mut() = Some(f);
+            }
+        });
+    }
+}
+
+/// Handle of a callback timer. Dropping it leaves the timer running; call
+/// [`Timer::cancel`] to stop it. Belongs to the loop that created it.
+pub struct Timer {
+    inner: Rc<CallbackTimer>,
+}
+
+impl fmt::Debug for Timer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timer")
+            .field("period", &self.inner.period)
+            .field("cancelled", &self.inner.cancelled.get())
+            .finish()
+    }
+}
+
+impl Timer {
+    /// Stops the timer: a pending run will not start (one already running
+    /// finishes). Returns false if it was already cancelled, or was a
+    /// one-shot timer that already fired.
+    pub fn cancel(&self) -> bool {
+        if self.inner.cancelled.replace(true) {
+            return false;
+        }
+        *self.inner.f.borrow_mut() = None;
+        match (self.inner.id.take(), self.inner.core.upgrade()) {
+            (Some(id), Some(core)) => core.cancel_timer(id),
+            _ => false,
+        }
+    }
+
+    /// True while the timer will still fire.
+    pub fn is_pending(&self) -> bool {
+        !self.inner.cancelled.get() && self.inner.id.get().is_some()
+    }
+}
+
+fn start(delay: Duration, period: Option<Duration>, f: Box<dyn FnMut()>) -> Timer {
+    let core = core::current().expect("libnet: timers must be started inside a libnet runtime");
+    let deadline = Instant::now() + delay;
+    let t = Rc::new(CallbackTimer {
+        f: RefCell::new(Some(f)),
+        period,
+        deadline: Cell::new(deadline),
+        id: Cell::new(None),
+        cancelled: Cell::new(false),
+        core: Rc::downgrade(&core),
+    });
+    t.id.set(Some(core.add_timer(deadline, TimerAction::Callback(t.clone()))));
+    Timer { inner: t }
+}
+
+/// Runs `f` once, in a new coroutine on this loop, after `delay`.
+/// Cheap while pending: no coroutine exists until it fires.
+pub fn after(delay: Duration, f: impl FnOnce() + 'static) -> Timer {
+    let mut f = Some(f);
+    start(
+        delay,
+        None,
+        Box::new(move || {
+            if let Some(f) = f.take() {
+                f()
+            }
+        }),
+    )
+}
+
+/// Runs `f` every `period` (first after one period), each time in a new
+/// coroutine on this loop, until cancelled. A run that is still going when
+/// the next is due makes that tick be skipped.
+pub fn every(period: Duration, f: impl FnMut() + 'static) -> Timer {
+    assert!(!period.is_zero(), "libnet: timer period must be non-zero");
+    start(period, Some(period), Box::new(f))
+}
+
+/// Number of timers pending on the current loop (0 outside a runtime).
+pub fn pending_timers() -> usize {
+    core::current().map_or(0, |c| c.pending_timers())
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for libnet integration tests and test-net.
