@@ -40,6 +40,8 @@ type Co = Coroutine<(), (), (), DefaultStack>;
 thread_local! {
     /// The loop this thread is running, if any.
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+    /// The same loop as a raw pointer, for hot paths that only borrow it.
+    static CURRENT_PTR: Cell<*const Core> = const { Cell::new(ptr::null()) };
     /// The yielder of the coroutine running right now on this thread; null
     /// when the thread is in the scheduler or not a loop thread at all.
     static YIELDER: Cell<*const Yielder<(), ()>> = const { Cell::new(ptr::null()) };
@@ -48,6 +50,23 @@ thread_local! {
 /// The loop running on this thread, if any.
 pub(crate) fn current() -> Option<Rc<Core>> {
     CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Runs `f` with the loop this thread is running, without touching its
+/// reference count; `None` if this is not a loop thread.
+#[inline]
+pub(crate) fn with_current<R>(f: impl FnOnce(&Core) -> R) -> Option<R> {
+    let p = CURRENT_PTR.with(|c| c.get());
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: CURRENT_PTR is set by `Core::run` to the `Core` it runs, from
+    // an `Rc<Core>` that `run` keeps alive (and also stores in CURRENT) until
+    // it resets CURRENT_PTR to null just before returning. Every caller runs
+    // on this thread while `run` is on the stack below it (inside a
+    // coroutine it resumed, or in its own scheduler code), so the pointee is
+    // alive for the whole call of `f`. Only shared references are created.
+    Some(f(unsafe { &*p }))
 }
 
 /// True when called from inside a libnet coroutine.
@@ -85,16 +104,21 @@ enum State {
     Parked,
 }
 
-/// One coroutine and its scheduling state.
+/// One coroutine and its scheduling state. Shared (`Rc`) between the task
+/// slab, the run queue and the scheduler, so the coroutine is resumed in
+/// place; task objects are pooled and reused with their stacks.
 struct Task {
-    /// The coroutine; `None` while it is being resumed (taken out of the slab).
-    co: Option<Co>,
+    /// The coroutine; `None` while the task object sits in the free pool.
+    /// Borrowed mutably by the scheduler for as long as the coroutine runs.
+    co: RefCell<Option<Co>>,
+    /// Slab key, the identity waiters refer to.
+    key: Cell<usize>,
     /// Where it is in its life.
-    state: State,
+    state: Cell<State>,
     /// Changes on every wake-up; waiters carrying an older epoch are stale.
-    epoch: u64,
+    epoch: Cell<u64>,
     /// Woken while running or queued: the next `park` returns at once.
-    notified: bool,
+    notified: Cell<bool>,
 }
 
 /// Identifies one wait of one task on this loop: cheap, `Copy`, thread-local.
@@ -188,11 +212,14 @@ pub(crate) struct Core {
     /// Settings.
     config: LoopConfig,
     /// All live tasks, keyed by slab index.
-    tasks: RefCell<Slab<Task>>,
-    /// Keys of tasks ready to run, in FIFO order.
-    run_queue: RefCell<VecDeque<usize>>,
-    /// Key of the running task; `usize::MAX` while in the scheduler.
-    current: Cell<usize>,
+    tasks: RefCell<Slab<Rc<Task>>>,
+    /// Tasks ready to run, in FIFO order.
+    run_queue: RefCell<VecDeque<Rc<Task>>>,
+    /// The running task; null while in the scheduler. The scheduler holds
+    /// the task's `Rc` for as long as this points to it (see `resume`).
+    current: Cell<*const Task>,
+    /// Finished task objects kept for reuse (bounded like `stacks`).
+    free_tasks: RefCell<Vec<Rc<Task>>>,
     /// Source of task epochs; strictly increasing, never reused.
     next_epoch: Cell<u64>,
     /// Finished stacks kept for reuse (bounded by `config.max_pooled_stacks`).
@@ -228,7 +255,8 @@ impl Core {
             config,
             tasks: RefCell::new(Slab::with_capacity(256)),
             run_queue: RefCell::new(VecDeque::with_capacity(256)),
-            current: Cell::new(usize::MAX),
+            current: Cell::new(ptr::null()),
+            free_tasks: RefCell::new(Vec::new()),
             next_epoch: Cell::new(1),
             stacks: RefCell::new(Vec::new()),
             reactor: Reactor::new(poll),
@@ -264,7 +292,7 @@ impl Core {
     ///
     /// `f` must catch its own panics (the task layer wraps user closures).
     /// During shutdown `f` is dropped without running.
-    pub(crate) fn spawn_raw(&self, f: Box<dyn FnOnce()>) {
+    pub(crate) fn spawn_raw<F: FnOnce() + 'static>(&self, f: F) {
         if self.stopping.get() {
             return;
         }
@@ -280,57 +308,80 @@ impl Core {
             YIELDER.with(|c| c.set(y));
             f();
         });
-        let epoch = self.bump_epoch();
-        let key = self.tasks.borrow_mut().insert(Task {
-            co: Some(co),
-            state: State::Queued,
-            epoch,
-            notified: false,
+        let task = self.free_tasks.borrow_mut().pop().unwrap_or_else(|| {
+            Rc::new(Task {
+                co: RefCell::new(None),
+                key: Cell::new(0),
+                state: Cell::new(State::Queued),
+                epoch: Cell::new(0),
+                notified: Cell::new(false),
+            })
         });
-        self.run_queue.borrow_mut().push_back(key);
+        *task.co.borrow_mut() = Some(co);
+        task.state.set(State::Queued);
+        task.epoch.set(self.bump_epoch());
+        task.notified.set(false);
+        task.key.set(self.tasks.borrow_mut().insert(task.clone()));
+        self.run_queue.borrow_mut().push_back(task);
+    }
+
+    /// The running task, if a coroutine of this loop is running.
+    #[inline]
+    fn current_task(&self) -> Option<&Task> {
+        let p = self.current.get();
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: `resume` sets `current` from an `Rc<Task>` it holds in a
+        // local for the whole time the coroutine runs, and resets it to null
+        // before dropping that `Rc`. A non-null pointer therefore refers to a
+        // live task; the returned borrow is tied to `&self` and only used by
+        // the running coroutine before it next suspends or by the scheduler
+        // while `resume` is on the stack. `Task` is only accessed through
+        // shared references (its fields are cells).
+        Some(unsafe { &*p })
     }
 
     /// The waiter for the running task's next park.
     pub(crate) fn waiter(&self) -> LocalWaiter {
-        let key = self.current.get();
-        debug_assert!(key != usize::MAX, "waiter() outside a coroutine");
-        let epoch = self.tasks.borrow()[key].epoch;
-        LocalWaiter { key, epoch }
+        let t = self
+            .current_task()
+            .expect("libnet: waiter() outside a coroutine");
+        LocalWaiter {
+            key: t.key.get(),
+            epoch: t.epoch.get(),
+        }
     }
 
     /// Wakes the task behind `w` if `w` is still current. Safe to call with
     /// stale waiters and from inside or outside coroutines of this loop.
     pub(crate) fn wake(&self, w: LocalWaiter) {
-        let mut tasks = self.tasks.borrow_mut();
-        let Some(t) = tasks.get_mut(w.key) else {
-            return;
+        let task = {
+            let tasks = self.tasks.borrow();
+            match tasks.get(w.key) {
+                Some(t) if t.epoch.get() == w.epoch => t.clone(),
+                _ => return,
+            }
         };
-        if t.epoch != w.epoch {
-            return;
-        }
-        t.epoch = self.bump_epoch();
-        if t.state == State::Parked {
-            t.state = State::Queued;
-            drop(tasks);
-            self.run_queue.borrow_mut().push_back(w.key);
+        task.epoch.set(self.bump_epoch());
+        if task.state.get() == State::Parked {
+            task.state.set(State::Queued);
+            self.run_queue.borrow_mut().push_back(task);
         } else {
-            t.notified = true;
+            task.notified.set(true);
         }
     }
 
     /// Parks the running coroutine until its waiter is woken. May return
     /// spuriously: callers re-check their condition.
     pub(crate) fn park(&self) {
-        let key = self.current.get();
-        {
-            let mut tasks = self.tasks.borrow_mut();
-            let t = &mut tasks[key];
-            if t.notified {
-                t.notified = false;
-                return;
-            }
-            t.state = State::Parked;
+        let t = self
+            .current_task()
+            .expect("libnet: park() outside a coroutine");
+        if t.notified.replace(false) {
+            return;
         }
+        t.state.set(State::Parked);
         suspend();
     }
 
@@ -355,11 +406,13 @@ impl Core {
         Ok(())
     }
 
-    /// Moves the running coroutine to the back of the run queue.
+    /// Moves the running coroutine to the back of the run queue (the
+    /// scheduler queues it when the coroutine has suspended).
     pub(crate) fn yield_now(&self) {
-        let key = self.current.get();
-        self.tasks.borrow_mut()[key].state = State::Queued;
-        self.run_queue.borrow_mut().push_back(key);
+        let t = self
+            .current_task()
+            .expect("libnet: yield_now() outside a coroutine");
+        t.state.set(State::Queued);
         suspend();
     }
 
@@ -393,35 +446,44 @@ impl Core {
     /// Runs up to `batch` queued coroutines.
     fn run_batch(&self) {
         for _ in 0..self.config.batch {
-            let Some(key) = self.run_queue.borrow_mut().pop_front() else {
+            let Some(task) = self.run_queue.borrow_mut().pop_front() else {
                 return;
             };
-            self.resume(key);
+            self.resume(task);
         }
     }
 
     /// Resumes one task until it parks, yields or finishes.
-    fn resume(&self, key: usize) {
-        let mut co = {
-            let mut tasks = self.tasks.borrow_mut();
-            let t = &mut tasks[key];
-            t.state = State::Running;
-            t.co.take().expect("queued task has its coroutine")
-        };
-        self.current.set(key);
-        let result = co.resume(());
-        self.current.set(usize::MAX);
+    ///
+    /// The scheduler keeps the task's `Rc` in a local while it runs and
+    /// points `current` at it; a yielding task has set its state to `Queued`
+    /// and is put back in the run queue here, so the hot path clones no `Rc`.
+    fn resume(&self, task: Rc<Task>) {
+        task.state.set(State::Running);
+        debug_assert!(self.current.get().is_null(), "nested resume");
+        self.current.set(Rc::as_ptr(&task));
+        let result = task
+            .co
+            .borrow_mut()
+            .as_mut()
+            .expect("queued task has its coroutine")
+            .resume(());
+        self.current.set(ptr::null());
         YIELDER.with(|c| c.set(ptr::null()));
-        match result {
-            CoroutineResult::Yield(()) => {
-                self.tasks.borrow_mut()[key].co = Some(co);
+        if let CoroutineResult::Yield(()) = result {
+            if task.state.get() == State::Queued {
+                self.run_queue.borrow_mut().push_back(task);
             }
-            CoroutineResult::Return(()) => {
-                self.tasks.borrow_mut().remove(key);
-                let stack = co.into_stack();
-                let mut stacks = self.stacks.borrow_mut();
-                if stacks.len() < self.config.max_pooled_stacks {
-                    stacks.push(stack);
+        } else {
+            self.tasks.borrow_mut().remove(task.key.get());
+            let co = task.co.borrow_mut().take().expect("finished task has its coroutine");
+            let stack = co.into_stack();
+            let mut stacks = self.stacks.borrow_mut();
+            if stacks.len() < self.config.max_pooled_stacks {
+                stacks.push(stack);
+                let mut free = self.free_tasks.borrow_mut();
+                if free.len() < self.config.max_pooled_stacks {
+                    free.push(task);
                 }
             }
         }
@@ -473,6 +535,7 @@ impl Core {
     /// Runs the loop until the runtime exits, then shuts it down.
     pub(crate) fn run(self: &Rc<Self>) {
         CURRENT.with(|c| *c.borrow_mut() = Some(self.clone()));
+        CURRENT_PTR.with(|c| c.set(Rc::as_ptr(self)));
         let mut inbox = Vec::new();
         let mut fired = Vec::new();
         loop {
@@ -496,6 +559,7 @@ impl Core {
             self.fire_timers(&mut fired);
         }
         self.shutdown();
+        CURRENT_PTR.with(|c| c.set(ptr::null()));
         CURRENT.with(|c| *c.borrow_mut() = None);
     }
 
@@ -506,12 +570,12 @@ impl Core {
         // Dropping a task can drop join handles or channels that wake or even
         // try to spawn others; loop until nothing is left.
         for _ in 0..16 {
-            let keys: Vec<usize> = self.tasks.borrow().iter().map(|(k, _)| k).collect();
-            if keys.is_empty() {
+            let all: Vec<Rc<Task>> = self.tasks.borrow_mut().drain().collect();
+            if all.is_empty() {
                 break;
             }
-            for key in keys {
-                let co = self.tasks.borrow_mut().try_remove(key).and_then(|t| t.co);
+            for task in all {
+                let co = task.co.borrow_mut().take();
                 if let Some(co) = co {
                     // The task's own destructors run here, on its stack.
                     if let Err(p) = panic::catch_unwind(AssertUnwindSafe(move || drop(co))) {
@@ -527,5 +591,6 @@ impl Core {
         self.run_queue.borrow_mut().clear();
         self.timers.replace(Wheel::new(0));
         self.stacks.borrow_mut().clear();
+        self.free_tasks.borrow_mut().clear();
     }
 }

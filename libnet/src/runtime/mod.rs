@@ -353,9 +353,16 @@ pub fn handle() -> Handle {
 /// Lets every other queued coroutine of this loop run once, then continues.
 /// Outside a coroutine it yields the thread.
 pub fn yield_now() {
-    match core::current() {
-        Some(c) if core::in_coroutine() && !c.stopping() => c.yield_now(),
-        _ => thread::yield_now(),
+    let yielded = core::with_current(|c| {
+        if core::in_coroutine() && !c.stopping() {
+            c.yield_now();
+            true
+        } else {
+            false
+        }
+    });
+    if yielded != Some(true) {
+        thread::yield_now();
     }
 }
 
@@ -393,10 +400,18 @@ impl Waker {
     /// Wakes the waiter (a no-op if it moved on).
     pub(crate) fn wake(&self) {
         match self {
-            Waker::Task { remote, waiter } => match core::current() {
-                Some(c) if Arc::ptr_eq(&c.remote, remote) => c.wake(*waiter),
-                _ => remote.send(Msg::Wake(*waiter)),
-            },
+            Waker::Task { remote, waiter } => {
+                let local = core::with_current(|c| {
+                    let same = Arc::ptr_eq(&c.remote, remote);
+                    if same {
+                        c.wake(*waiter);
+                    }
+                    same
+                });
+                if local != Some(true) {
+                    remote.send(Msg::Wake(*waiter));
+                }
+            }
             Waker::Thread(t) => t.unpark(),
         }
     }
