@@ -41,8 +41,8 @@ pub mod time;
 
 pub use runtime::pool::spawn_blocking;
 pub use runtime::{
-    current_loop, exit, handle, join_all, loops, spawn, spawn_on, yield_now, Builder, Exit,
-    Handle, JoinHandle, Runtime,
+    current_loop, exit, handle, join_all, loops, spawn, spawn_on, yield_now, Builder, Exit, Handle,
+    JoinHandle, Runtime,
 };
 
 /// Runs `main` on a runtime with default settings (one loop per core);

@@ -30,17 +30,22 @@ pub fn sleep(d: Duration) {
 }
 
 /// Parks the calling coroutine until `deadline` (the thread, outside a
-/// runtime). Returns early only when the runtime is shutting down.
+/// runtime). Returns early when the runtime is shutting down, and at once on
+/// a loop thread outside any coroutine (where sleeping would stall the loop).
 pub fn sleep_until(deadline: Instant) {
     match core::current() {
-        Some(c) if core::in_coroutine() => {
+        Some(c) => {
+            if !core::in_coroutine() {
+                log::warn!("libnet: sleep on an event-loop thread outside a coroutine ignored");
+                return;
+            }
             while Instant::now() < deadline {
                 if c.park_until(Some(deadline)).is_err() {
                     return;
                 }
             }
         }
-        _ => {
+        None => {
             let left = deadline.saturating_duration_since(Instant::now());
             if !left.is_zero() {
                 thread::sleep(left);
@@ -59,7 +64,10 @@ pub struct Interval {
 /// A periodic ticker whose first tick is one `period` from now. If the
 /// caller falls behind, missed ticks are skipped rather than bunched up.
 pub fn interval(period: Duration) -> Interval {
-    assert!(!period.is_zero(), "libnet: interval period must be non-zero");
+    assert!(
+        !period.is_zero(),
+        "libnet: interval period must be non-zero"
+    );
     Interval {
         period,
         next: Instant::now() + period,
@@ -180,7 +188,9 @@ fn start(delay: Duration, period: Option<Duration>, f: Box<dyn FnMut()>) -> Time
         cancelled: Cell::new(false),
         core: Rc::downgrade(&core),
     });
-    t.id.set(Some(core.add_timer(deadline, TimerAction::Callback(t.clone()))));
+    t.id.set(Some(
+        core.add_timer(deadline, TimerAction::Callback(t.clone())),
+    ));
     Timer { inner: t }
 }
 

@@ -21,7 +21,10 @@ pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 
 /// Tries `f` on each resolved address until one succeeds, like std.
-fn each_addr<T>(addr: impl ToSocketAddrs, mut f: impl FnMut(SocketAddr) -> io::Result<T>) -> io::Result<T> {
+fn each_addr<T>(
+    addr: impl ToSocketAddrs,
+    mut f: impl FnMut(SocketAddr) -> io::Result<T>,
+) -> io::Result<T> {
     let mut last = None;
     for a in addr.to_socket_addrs()? {
         match f(a) {
@@ -30,7 +33,10 @@ fn each_addr<T>(addr: impl ToSocketAddrs, mut f: impl FnMut(SocketAddr) -> io::R
         }
     }
     Err(last.unwrap_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "could not resolve to any address")
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "could not resolve to any address",
+        )
     }))
 }
 
@@ -139,14 +145,16 @@ impl SocketBuilder {
     /// A UDP socket bound to `addr` with these options.
     pub fn bind_udp(&self, addr: SocketAddr) -> io::Result<UdpSocket> {
         let s = self.socket(&addr, Type::DGRAM, Protocol::UDP)?;
-        s.bind(&addr.into()).map_err(|e| bind_error(e, "UDP", addr))?;
+        s.bind(&addr.into())
+            .map_err(|e| bind_error(e, "UDP", addr))?;
         UdpSocket::from_std(s.into())
     }
 
     /// A TCP listener on `addr` with these options.
     pub fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
         let s = self.socket(&addr, Type::STREAM, Protocol::TCP)?;
-        s.bind(&addr.into()).map_err(|e| bind_error(e, "TCP", addr))?;
+        s.bind(&addr.into())
+            .map_err(|e| bind_error(e, "TCP", addr))?;
         s.listen(self.backlog.unwrap_or(1024))?;
         TcpListener::from_std(s.into())
     }
@@ -242,7 +250,9 @@ where
 fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::OutOfMemory
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::OutOfMemory
     ) || matches!(
         e.raw_os_error(),
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)

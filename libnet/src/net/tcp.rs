@@ -156,24 +156,30 @@ impl TcpStream {
 
     fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.io
-            .do_io(Direction::Read, self.read_timeout.get(), |mut s| s.read(buf))
+            .do_io(Direction::Read, self.read_timeout.get(), |mut s| {
+                s.read(buf)
+            })
     }
 
     fn read_vectored_impl(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        self.io.do_io(Direction::Read, self.read_timeout.get(), |mut s| {
-            s.read_vectored(bufs)
-        })
+        self.io
+            .do_io(Direction::Read, self.read_timeout.get(), |mut s| {
+                s.read_vectored(bufs)
+            })
     }
 
     fn write_impl(&self, buf: &[u8]) -> io::Result<usize> {
         self.io
-            .do_io(Direction::Write, self.write_timeout.get(), |mut s| s.write(buf))
+            .do_io(Direction::Write, self.write_timeout.get(), |mut s| {
+                s.write(buf)
+            })
     }
 
     fn write_vectored_impl(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.io.do_io(Direction::Write, self.write_timeout.get(), |mut s| {
-            s.write_vectored(bufs)
-        })
+        self.io
+            .do_io(Direction::Write, self.write_timeout.get(), |mut s| {
+                s.write_vectored(bufs)
+            })
     }
 }
 

@@ -61,19 +61,25 @@ impl UdpSocket {
     /// Sends one datagram to `addr`; returns the bytes sent.
     pub fn send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
         self.io
-            .do_io(Direction::Write, self.write_timeout.get(), |s| s.send_to(buf, addr))
+            .do_io(Direction::Write, self.write_timeout.get(), |s| {
+                s.send_to(buf, addr)
+            })
     }
 
     /// Receives one datagram and its source address.
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.io
-            .do_io(Direction::Read, self.read_timeout.get(), |s| s.recv_from(buf))
+            .do_io(Direction::Read, self.read_timeout.get(), |s| {
+                s.recv_from(buf)
+            })
     }
 
     /// Like `recv_from` without removing the datagram.
     pub fn peek_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.io
-            .do_io(Direction::Read, self.read_timeout.get(), |s| s.peek_from(buf))
+            .do_io(Direction::Read, self.read_timeout.get(), |s| {
+                s.peek_from(buf)
+            })
     }
 
     /// Sets the default peer: `send`/`recv` then talk to it only.

@@ -150,8 +150,9 @@ pub(crate) enum Msg {
 pub(crate) struct Remote {
     /// Index of the loop in its runtime.
     pub(crate) index: usize,
-    /// Messages waiting to be drained by the loop.
-    inbox: Mutex<Vec<Msg>>,
+    /// Messages waiting to be drained by the loop; `None` once the loop has
+    /// stopped (messages sent then are dropped at once, which cancels spawns).
+    inbox: Mutex<Option<Vec<Msg>>>,
     /// Set when `inbox` holds something, so the loop skips the lock otherwise.
     pending: AtomicBool,
     /// Set while the loop is (about to be) blocked in `poll`; a sender that
@@ -165,7 +166,7 @@ impl Remote {
     pub(crate) fn new(index: usize, waker: mio::Waker) -> Remote {
         Remote {
             index,
-            inbox: Mutex::new(Vec::new()),
+            inbox: Mutex::new(Some(Vec::new())),
             pending: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             waker,
@@ -173,13 +174,32 @@ impl Remote {
     }
 
     /// Queues a message for the loop and makes sure it will see it soon.
+    /// If the loop has stopped, the message is dropped (a spawn's join
+    /// handle then reports cancellation).
     pub(crate) fn send(&self, msg: Msg) {
-        self.inbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(msg);
+        let rejected = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            match inbox.as_mut() {
+                Some(q) => {
+                    q.push(msg);
+                    None
+                }
+                None => Some(msg),
+            }
+        };
+        if rejected.is_some() {
+            // Dropped outside the lock: dropping a spawn runs its completion.
+            drop(rejected);
+            return;
+        }
         self.pending.store(true, Ordering::SeqCst);
         self.notify();
+    }
+
+    /// Refuses further messages and returns those still queued.
+    fn close(&self) -> Vec<Msg> {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.take().unwrap_or_default()
     }
 
     /// Interrupts the loop's poll if it is blocked in it.
@@ -291,18 +311,19 @@ impl Core {
     /// Starts a coroutine running `f` on this loop.
     ///
     /// `f` must catch its own panics (the task layer wraps user closures).
-    /// During shutdown `f` is dropped without running.
-    pub(crate) fn spawn_raw<F: FnOnce() + 'static>(&self, f: F) {
+    /// During shutdown, or if no stack can be had (mmap failed, e.g. out of
+    /// memory or `vm.max_map_count` reached), `f` is dropped without running;
+    /// the latter is returned as an error.
+    pub(crate) fn spawn_raw<F: FnOnce() + 'static>(&self, f: F) -> io::Result<()> {
         if self.stopping.get() {
-            return;
+            return Ok(());
         }
         let stack = self.stacks.borrow_mut().pop();
         let stack = match stack {
             Some(s) => s,
-            None => match DefaultStack::new(self.config.stack_size) {
-                Ok(s) => s,
-                Err(e) => panic!("libnet: cannot allocate a coroutine stack: {e}"),
-            },
+            None => DefaultStack::new(self.config.stack_size).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot allocate a coroutine stack: {e}"))
+            })?,
         };
         let co = Co::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
             YIELDER.with(|c| c.set(y));
@@ -323,6 +344,7 @@ impl Core {
         task.notified.set(false);
         task.key.set(self.tasks.borrow_mut().insert(task.clone()));
         self.run_queue.borrow_mut().push_back(task);
+        Ok(())
     }
 
     /// The running task, if a coroutine of this loop is running.
@@ -443,9 +465,13 @@ impl Core {
         self.timers.borrow().len()
     }
 
-    /// Runs up to `batch` queued coroutines.
+    /// Runs up to `batch` queued coroutines, stopping early once the
+    /// runtime exits (queued coroutines are then dropped, not started).
     fn run_batch(&self) {
         for _ in 0..self.config.batch {
+            if self.rt.exiting() {
+                return;
+            }
             let Some(task) = self.run_queue.borrow_mut().pop_front() else {
                 return;
             };
@@ -476,7 +502,11 @@ impl Core {
             }
         } else {
             self.tasks.borrow_mut().remove(task.key.get());
-            let co = task.co.borrow_mut().take().expect("finished task has its coroutine");
+            let co = task
+                .co
+                .borrow_mut()
+                .take()
+                .expect("finished task has its coroutine");
             let stack = co.into_stack();
             let mut stacks = self.stacks.borrow_mut();
             if stacks.len() < self.config.max_pooled_stacks {
@@ -494,25 +524,38 @@ impl Core {
         if !self.remote.pending.swap(false, Ordering::SeqCst) {
             return;
         }
-        std::mem::swap(
-            &mut *self
-                .remote
-                .inbox
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-            buf,
-        );
+        if let Some(q) = self
+            .remote
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            std::mem::swap(q, buf);
+        }
         for msg in buf.drain(..) {
             match msg {
                 Msg::Wake(w) => self.wake(w),
-                Msg::Spawn(f) => self.spawn_raw(f),
+                Msg::Spawn(f) => {
+                    if let Err(e) = self.spawn_raw(f) {
+                        // The closure was dropped: its join handle reports cancellation.
+                        log::error!(
+                            "libnet: loop {}: cannot start a coroutine: {e}",
+                            self.index()
+                        );
+                    }
+                }
             }
         }
     }
 
     /// Fires every timer whose deadline has passed.
     fn fire_timers(&self, fired: &mut Vec<TimerAction>) {
-        let tick = self.now.get().saturating_duration_since(self.origin).as_millis() as u64;
+        let tick = self
+            .now
+            .get()
+            .saturating_duration_since(self.origin)
+            .as_millis() as u64;
         self.timers.borrow_mut().poll(tick, fired);
         for action in fired.drain(..) {
             match action {
@@ -567,6 +610,9 @@ impl Core {
     /// run (sockets close, join handles report cancellation).
     fn shutdown(&self) {
         self.stopping.set(true);
+        // From now on other threads' messages are dropped on arrival; those
+        // already queued are dropped here (spawns report cancellation).
+        drop(self.remote.close());
         // Dropping a task can drop join handles or channels that wake or even
         // try to spawn others; loop until nothing is left.
         for _ in 0..16 {

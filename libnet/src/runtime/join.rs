@@ -5,7 +5,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use super::{is_stopping, panic_message, park_current, current_waker, Waker};
+use super::{current_waker, is_stopping, panic_message, park_current, Waker};
 
 /// Result slot shared by a task and its handle.
 struct Slot<T> {
@@ -73,7 +73,10 @@ impl<T> Completion<T> {
         let waiter = {
             let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
             if let (false, Err(p)) = (s.handle_alive, &r) {
-                log::error!("libnet: detached coroutine panicked: {}", panic_message(&**p));
+                log::error!(
+                    "libnet: detached coroutine panicked: {}",
+                    panic_message(&**p)
+                );
             }
             s.result = Some(r);
             s.waiter.take()

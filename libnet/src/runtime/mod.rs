@@ -230,12 +230,17 @@ impl Runtime {
                 }
             }
         }
-        let core0 = Rc::new(Core::new(shared.loops[0].clone(), shared.clone(), poll0, config));
+        let core0 = Rc::new(Core::new(
+            shared.loops[0].clone(),
+            shared.clone(),
+            poll0,
+            config,
+        ));
         let result: Rc<std::cell::RefCell<Option<thread::Result<T>>>> = Rc::default();
         {
             let result = result.clone();
-            let shared = shared.clone();
-            core0.spawn_raw(Box::new(move || {
+            let rt = shared.clone();
+            let spawned = core0.spawn_raw(move || {
                 let r = panic::catch_unwind(AssertUnwindSafe(main));
                 if r.is_err() && is_stopping() {
                     // Forced unwind at shutdown: let corosensei finish it.
@@ -245,8 +250,12 @@ impl Runtime {
                     return;
                 }
                 *result.borrow_mut() = Some(r);
-                shared.request_exit(None);
-            }));
+                rt.request_exit(None);
+            });
+            if let Err(e) = spawned {
+                shared.request_exit(Some(1));
+                panic!("libnet: cannot start the main coroutine: {e}");
+            }
         }
         core0.run();
         drop(core0);
@@ -301,7 +310,11 @@ impl Handle {
         let remote = &self.shared.loops[index];
         let task = move || completion.run(f);
         match core::current() {
-            Some(c) if Arc::ptr_eq(&c.remote, remote) => c.spawn_raw(Box::new(task)),
+            Some(c) if Arc::ptr_eq(&c.remote, remote) => {
+                if let Err(e) = c.spawn_raw(task) {
+                    log::error!("libnet: spawn_on: {e}");
+                }
+            }
             _ => remote.send(Msg::Spawn(Box::new(task))),
         }
         handle
@@ -329,7 +342,9 @@ where
 {
     let core = current_or_panic("spawn");
     let (handle, completion) = join::pair();
-    core.spawn_raw(Box::new(move || completion.run(f)));
+    if let Err(e) = core.spawn_raw(move || completion.run(f)) {
+        panic!("libnet: spawn: {e}");
+    }
     handle
 }
 

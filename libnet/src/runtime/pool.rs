@@ -120,14 +120,16 @@ impl Pool {
 /// Runs `f` on the runtime's thread pool and returns its value; only the
 /// calling coroutine waits. A panic in `f` is resumed in the caller.
 ///
-/// Outside a runtime `f` simply runs on the calling thread.
+/// Outside a coroutine (a plain thread, or loop-thread code that is not a
+/// coroutine) `f` simply runs on the calling thread.
 pub fn spawn_blocking<F, T>(f: F) -> T
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let Some(core) = core::current() else {
-        return f();
+    let core = match core::current() {
+        Some(c) if core::in_coroutine() && !c.stopping() => c,
+        _ => return f(),
     };
     let (tx, rx) = oneshot::channel();
     let job: Job = Box::new(move || {

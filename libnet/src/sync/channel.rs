@@ -221,7 +221,11 @@ impl<T> Sender<T> {
         self.send_deadline(value, Some(Instant::now() + timeout))
     }
 
-    fn send_deadline(&self, mut value: T, deadline: Option<Instant>) -> Result<(), TrySendError<T>> {
+    fn send_deadline(
+        &self,
+        mut value: T,
+        deadline: Option<Instant>,
+    ) -> Result<(), TrySendError<T>> {
         let shared = &*self.shared;
         loop {
             match self.try_send(value) {

@@ -1,0 +1,21 @@
+# Builds the whole workspace and, by default, runs the test suite.
+#
+#   docker build -t p2p-live .
+#   docker run --rm --ulimit nofile=65536:65536 p2p-live
+#
+# One test opens ~20,000 sockets, hence the --ulimit. The network-lab tests of
+# later issues create namespaces and nftables rules and will need --privileged.
+FROM rust:1-bookworm
+
+# The same system packages as .ci/run.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        pkg-config iproute2 nftables \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src/p2p-live
+COPY . .
+
+RUN cargo build --workspace --release --all-targets
+
+CMD ["cargo", "test", "--workspace", "--release"]
