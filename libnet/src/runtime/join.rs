@@ -24,7 +24,8 @@ type Shared<T> = Arc<Mutex<Slot<T>>>;
 /// Dropping it detaches the coroutine. It is `Send` when `T` is, so a
 /// coroutine on one loop (or a plain thread) can join one on another.
 pub struct JoinHandle<T> {
-    slot: Shared<T>,
+    /// `None` once `join` has taken the result.
+    slot: Option<Shared<T>>,
 }
 
 /// The task's end of the pair: delivers the result exactly once, and reports
@@ -41,7 +42,9 @@ pub(crate) fn pair<T>() -> (JoinHandle<T>, Completion<T>) {
         handle_alive: true,
     }));
     (
-        JoinHandle { slot: slot.clone() },
+        JoinHandle {
+            slot: Some(slot.clone()),
+        },
         Completion { slot: Some(slot) },
     )
 }
@@ -99,10 +102,11 @@ impl<T> JoinHandle<T> {
     /// Waits for the coroutine (parking only the calling coroutine, or the
     /// calling thread outside a runtime) and returns its value, or the
     /// payload of its panic.
-    pub fn join(self) -> thread::Result<T> {
+    pub fn join(mut self) -> thread::Result<T> {
+        let slot = self.slot.take().expect("present until join");
         loop {
             {
-                let mut s = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(r) = s.result.take() {
                     return r;
                 }
@@ -119,8 +123,10 @@ impl<T> JoinHandle<T> {
 
     /// True once the coroutine has finished (returned, panicked or been cancelled).
     pub fn is_finished(&self) -> bool {
-        self.slot
-            .lock()
+        let Some(slot) = &self.slot else {
+            return true;
+        };
+        slot.lock()
             .unwrap_or_else(|e| e.into_inner())
             .result
             .is_some()
@@ -129,9 +135,11 @@ impl<T> JoinHandle<T> {
 
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
-        let mut s = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        s.handle_alive = false;
-        s.waiter = None;
+        if let Some(slot) = &self.slot {
+            let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
+            s.handle_alive = false;
+            s.waiter = None;
+        }
     }
 }
 

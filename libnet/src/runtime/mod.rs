@@ -367,6 +367,9 @@ pub fn handle() -> Handle {
 
 /// Lets every other queued coroutine of this loop run once, then continues.
 /// Outside a coroutine it yields the thread.
+///
+/// Inlined down to the context switch on purpose (see `core::suspend`).
+#[inline(always)]
 pub fn yield_now() {
     let yielded = core::with_current(|c| {
         if core::in_coroutine() && !c.stopping() {
@@ -435,37 +438,37 @@ impl Waker {
 /// The waker for the caller's next [`park_current`], or an error where the
 /// caller must not block (a loop thread outside a coroutine, or shutdown).
 pub(crate) fn current_waker() -> stdio::Result<Waker> {
-    match core::current() {
-        Some(c) => {
-            if !core::in_coroutine() {
-                return Err(stdio::Error::other(
-                    "libnet: blocking call on an event-loop thread outside a coroutine",
-                ));
-            }
-            if c.stopping() {
-                return Err(core::shutdown_error());
-            }
-            Ok(Waker::Task {
-                remote: c.remote.clone(),
-                waiter: c.waiter(),
-            })
+    let w = core::with_current(|c| {
+        if !core::in_coroutine() {
+            return Err(stdio::Error::other(
+                "libnet: blocking call on an event-loop thread outside a coroutine",
+            ));
         }
-        None => Ok(Waker::Thread(thread::current())),
-    }
+        if c.stopping() {
+            return Err(core::shutdown_error());
+        }
+        Ok(Waker::Task {
+            remote: c.remote.clone(),
+            waiter: c.waiter(),
+        })
+    });
+    w.unwrap_or_else(|| Ok(Waker::Thread(thread::current())))
 }
 
 /// Parks the caller (coroutine or plain thread) until its waker is woken or
 /// `deadline` passes. May return spuriously; callers re-check.
+#[inline]
 pub(crate) fn park_current(deadline: Option<Instant>) -> stdio::Result<()> {
-    match core::current() {
-        Some(c) => {
-            if !core::in_coroutine() {
-                return Err(stdio::Error::other(
-                    "libnet: blocking call on an event-loop thread outside a coroutine",
-                ));
-            }
-            c.park_until(deadline)
+    let parked = core::with_current(|c| {
+        if !core::in_coroutine() {
+            return Err(stdio::Error::other(
+                "libnet: blocking call on an event-loop thread outside a coroutine",
+            ));
         }
+        c.park_until(deadline)
+    });
+    match parked {
+        Some(r) => r,
         None => {
             match deadline {
                 None => thread::park(),
