@@ -9,11 +9,139 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::runtime::core::{self, Core, TimerAction};
+use crate::runtime::core::{self, Core, Remote, TimerAction};
 use crate::runtime::wheel::TimerId;
+
+/// The clock a runtime reads: the system's monotonic clock, or a manual
+/// clock that moves only when told, so tests can drive every timer, sleep
+/// and timeout of the code above deterministically.
+///
+/// ```
+/// use std::time::Duration;
+/// use libnet::time::Clock;
+///
+/// let clock = Clock::manual();
+/// let rt = libnet::Runtime::builder().loops(1).clock(clock.clone()).build().unwrap();
+/// let slept = rt.run(move || {
+///     let start = libnet::time::now();
+///     let sleeper = libnet::spawn(move || libnet::time::sleep(Duration::from_secs(3600)));
+///     while !sleeper.is_finished() {
+///         clock.advance(Duration::from_secs(60)); // an hour passes in no time
+///         libnet::yield_now();
+///     }
+///     libnet::time::now() - start
+/// }).unwrap();
+/// assert!(slept >= Duration::from_secs(3600));
+/// ```
+#[derive(Clone)]
+pub struct Clock {
+    inner: Arc<ClockInner>,
+}
+
+/// Shared state of a [`Clock`].
+struct ClockInner {
+    /// `Some(origin)` for a manual clock: its time is `origin + offset`.
+    manual: Option<Instant>,
+    /// Nanoseconds a manual clock has been advanced by.
+    offset_ns: AtomicU64,
+    /// Loops reading this clock, woken when a manual clock moves.
+    loops: Mutex<Vec<std::sync::Weak<Remote>>>,
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.inner.manual {
+            None => f.write_str("Clock::system"),
+            Some(_) => write!(
+                f,
+                "Clock::manual(+{:?})",
+                Duration::from_nanos(self.inner.offset_ns.load(Ordering::Acquire))
+            ),
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl Clock {
+    /// The system's monotonic clock (the default).
+    pub fn system() -> Clock {
+        Clock::with(None)
+    }
+
+    /// A clock that starts at the current instant and then moves only by
+    /// [`Clock::advance`].
+    pub fn manual() -> Clock {
+        Clock::with(Some(Instant::now()))
+    }
+
+    fn with(manual: Option<Instant>) -> Clock {
+        Clock {
+            inner: Arc::new(ClockInner {
+                manual,
+                offset_ns: AtomicU64::new(0),
+                loops: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// True for a manual clock.
+    pub fn is_manual(&self) -> bool {
+        self.inner.manual.is_some()
+    }
+
+    /// The current time of this clock.
+    #[inline]
+    pub fn now(&self) -> Instant {
+        match self.inner.manual {
+            None => Instant::now(),
+            Some(origin) => {
+                origin + Duration::from_nanos(self.inner.offset_ns.load(Ordering::SeqCst))
+            }
+        }
+    }
+
+    /// Moves a manual clock forward by `d` and wakes the loops reading it,
+    /// which then fire whatever fell due. Panics on the system clock.
+    pub fn advance(&self, d: Duration) {
+        assert!(
+            self.is_manual(),
+            "libnet: only a manual clock can be advanced"
+        );
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.offset_ns.fetch_add(ns, Ordering::SeqCst);
+        let loops = self.inner.loops.lock().unwrap_or_else(|e| e.into_inner());
+        for l in loops.iter().filter_map(|w| w.upgrade()) {
+            l.notify();
+        }
+    }
+
+    /// Records a loop to wake when this (manual) clock moves.
+    pub(crate) fn attach(&self, remote: &Arc<Remote>) {
+        if self.is_manual() {
+            let mut loops = self.inner.loops.lock().unwrap_or_else(|e| e.into_inner());
+            loops.retain(|w| w.strong_count() > 0);
+            loops.push(Arc::downgrade(remote));
+        }
+    }
+}
+
+/// The current time on the caller's runtime clock (fresh, not the cached
+/// [`now`]); `Instant::now()` outside a runtime. Every deadline inside
+/// libnet is computed from this.
+#[inline]
+pub(crate) fn clock_now() -> Instant {
+    core::with_current(|c| c.clock().now()).unwrap_or_else(Instant::now)
+}
 
 /// The runtime clock: the time at which the current loop last polled.
 /// Outside a runtime, `Instant::now()`.
@@ -26,7 +154,7 @@ pub fn now() -> Instant {
 
 /// Parks the calling coroutine for `d` (the thread, outside a runtime).
 pub fn sleep(d: Duration) {
-    sleep_until(Instant::now() + d);
+    sleep_until(clock_now() + d);
 }
 
 /// Parks the calling coroutine until `deadline` (the thread, outside a
@@ -39,7 +167,7 @@ pub fn sleep_until(deadline: Instant) {
                 log::warn!("libnet: sleep on an event-loop thread outside a coroutine ignored");
                 return;
             }
-            while Instant::now() < deadline {
+            while c.clock().now() < deadline {
                 if c.park_until(Some(deadline)).is_err() {
                     return;
                 }
@@ -70,7 +198,7 @@ pub fn interval(period: Duration) -> Interval {
     );
     Interval {
         period,
-        next: Instant::now() + period,
+        next: clock_now() + period,
     }
 }
 
@@ -79,7 +207,7 @@ impl Interval {
     pub fn tick(&mut self) -> Instant {
         let at = self.next;
         sleep_until(at);
-        let now = Instant::now();
+        let now = clock_now();
         self.next += self.period;
         if self.next <= now {
             // Skip the ticks we missed, keeping the phase.
@@ -179,7 +307,7 @@ impl Timer {
 
 fn start(delay: Duration, period: Option<Duration>, f: Box<dyn FnMut()>) -> Timer {
     let core = core::current().expect("libnet: timers must be started inside a libnet runtime");
-    let deadline = Instant::now() + delay;
+    let deadline = core.clock().now() + delay;
     let t = Rc::new(CallbackTimer {
         f: RefCell::new(Some(f)),
         period,

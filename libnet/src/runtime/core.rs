@@ -259,7 +259,9 @@ pub(crate) struct Core {
     timers: RefCell<Wheel<TimerAction>>,
     /// Time zero of the timer wheel.
     origin: Instant,
-    /// The loop's clock, read once after each poll.
+    /// The runtime's clock.
+    clock: crate::time::Clock,
+    /// The clock's time, read once after each poll.
     now: Cell<Instant>,
     /// Set once the loop has begun shutting down: no new waits, no new tasks.
     stopping: Cell<bool>,
@@ -276,8 +278,9 @@ impl Core {
         rt: Arc<RtShared>,
         poll: mio::Poll,
         config: LoopConfig,
+        clock: crate::time::Clock,
     ) -> Core {
-        let now = Instant::now();
+        let now = clock.now();
         Core {
             remote,
             rt,
@@ -291,6 +294,7 @@ impl Core {
             reactor: Reactor::new(poll),
             timers: RefCell::new(Wheel::new(0)),
             origin: now,
+            clock,
             now: Cell::new(now),
             stopping: Cell::new(false),
         }
@@ -304,6 +308,12 @@ impl Core {
     /// The loop's clock: the time of the last reactor poll.
     pub(crate) fn now(&self) -> Instant {
         self.now.get()
+    }
+
+    /// The runtime's clock.
+    #[inline]
+    pub(crate) fn clock(&self) -> &crate::time::Clock {
+        &self.clock
     }
 
     /// True once the loop has begun shutting down.
@@ -580,10 +590,13 @@ impl Core {
 
     /// How long the next poll may block.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.run_queue.borrow().is_empty() {
-            return Some(Duration::ZERO);
-        }
         let next = self.timers.borrow().next_deadline()?;
+        if self.clock.is_manual() {
+            // Timers move only when the clock is advanced, which wakes us;
+            // but an advance may already have happened while we ran.
+            let now = self.clock.now().saturating_duration_since(self.origin);
+            return (next <= now.as_millis() as u64).then_some(Duration::ZERO);
+        }
         let at = self.origin + Duration::from_millis(next);
         Some(at.saturating_duration_since(Instant::now()))
     }
@@ -600,9 +613,13 @@ impl Core {
             if self.rt.exiting() {
                 break;
             }
-            let mut timeout = self.poll_timeout();
-            if timeout != Some(Duration::ZERO) {
+            let busy = !self.run_queue.borrow().is_empty();
+            let mut timeout = Some(Duration::ZERO);
+            if !busy {
+                // Announce the sleep before the last checks, so a sender (or
+                // a manual clock's advance) either sees `sleeping` or is seen here.
                 self.remote.sleeping.store(true, Ordering::SeqCst);
+                timeout = self.poll_timeout();
                 if self.remote.pending.load(Ordering::SeqCst) || self.rt.exiting() {
                     timeout = Some(Duration::ZERO);
                 }
@@ -611,7 +628,7 @@ impl Core {
                 log::error!("libnet: loop {} poll failed: {e}", self.index());
             }
             self.remote.sleeping.store(false, Ordering::SeqCst);
-            self.now.set(Instant::now());
+            self.now.set(self.clock.now());
             self.fire_timers(&mut fired);
         }
         self.shutdown();

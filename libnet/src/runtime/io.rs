@@ -98,7 +98,7 @@ impl<S: Source + AsRawFd> IoSource<S> {
             // The deadline starts at the first wait, so the fast path never reads the clock.
             if deadline.is_none() {
                 if let Some(t) = timeout {
-                    deadline = Some(Instant::now() + t);
+                    deadline = Some(crate::time::clock_now() + t);
                 }
             }
             self.wait(dir, deadline)?;
@@ -108,7 +108,7 @@ impl<S: Source + AsRawFd> IoSource<S> {
     /// Waits once for readiness in `dir` (may return spuriously).
     fn wait(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
         if let Some(d) = deadline {
-            if Instant::now() >= d {
+            if crate::time::clock_now() >= d {
                 return Err(timed_out());
             }
         }

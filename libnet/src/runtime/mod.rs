@@ -82,6 +82,7 @@ pub struct Builder {
     config: LoopConfig,
     pool_threads: usize,
     pool_queue: usize,
+    clock: crate::time::Clock,
 }
 
 impl Default for Builder {
@@ -105,7 +106,16 @@ impl Builder {
             },
             pool_threads: cores.max(2),
             pool_queue: 4096,
+            clock: crate::time::Clock::system(),
         }
+    }
+
+    /// The clock every loop reads (default: the system clock). With
+    /// [`crate::time::Clock::manual`], sleeps, timers and timeouts move only
+    /// when the test advances the clock.
+    pub fn clock(mut self, clock: crate::time::Clock) -> Builder {
+        self.clock = clock;
+        self
     }
 
     /// Number of event loops (threads); at least 1.
@@ -155,7 +165,9 @@ impl Builder {
         for i in 0..self.loops {
             let poll = mio::Poll::new()?;
             let waker = reactor::Reactor::waker(&poll)?;
-            remotes.push(Arc::new(Remote::new(i, waker)));
+            let remote = Arc::new(Remote::new(i, waker));
+            self.clock.attach(&remote);
+            remotes.push(remote);
             polls.push(poll);
         }
         let shared = Arc::new(RtShared {
@@ -168,6 +180,7 @@ impl Builder {
             shared,
             polls,
             config: self.config,
+            clock: self.clock,
         })
     }
 }
@@ -177,6 +190,7 @@ pub struct Runtime {
     shared: Arc<RtShared>,
     polls: Vec<mio::Poll>,
     config: LoopConfig,
+    clock: crate::time::Clock,
 }
 
 impl Runtime {
@@ -207,16 +221,18 @@ impl Runtime {
             shared,
             polls,
             config,
+            clock,
         } = self;
         let mut polls = polls.into_iter();
         let poll0 = polls.next().expect("at least one loop");
         let mut threads = Vec::new();
         for (i, poll) in polls.enumerate() {
             let rt = shared.clone();
+            let clock = clock.clone();
             let spawned = thread::Builder::new()
                 .name(format!("libnet-loop-{}", i + 1))
                 .spawn(move || {
-                    let core = Rc::new(Core::new(rt.loops[i + 1].clone(), rt, poll, config));
+                    let core = Rc::new(Core::new(rt.loops[i + 1].clone(), rt, poll, config, clock));
                     core.run();
                 });
             match spawned {
@@ -235,6 +251,7 @@ impl Runtime {
             shared.clone(),
             poll0,
             config,
+            clock,
         ));
         let result: Rc<std::cell::RefCell<Option<thread::Result<T>>>> = Rc::default();
         {

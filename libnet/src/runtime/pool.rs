@@ -9,7 +9,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -101,7 +101,7 @@ impl Pool {
                 Err(TrySendError::Full(j)) => {
                     job = j;
                     // Full queue: back off without blocking the loop.
-                    crate::time::sleep_until(Instant::now() + backoff);
+                    crate::time::sleep(backoff);
                     if core::current().is_some_and(|c| c.stopping()) {
                         return Err(core::shutdown_error());
                     }

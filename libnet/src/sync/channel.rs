@@ -218,7 +218,7 @@ impl<T> Sender<T> {
 
     /// Like [`Sender::send`], giving up after `timeout` with `Full`.
     pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), TrySendError<T>> {
-        self.send_deadline(value, Some(Instant::now() + timeout))
+        self.send_deadline(value, Some(crate::time::clock_now() + timeout))
     }
 
     fn send_deadline(
@@ -232,7 +232,7 @@ impl<T> Sender<T> {
                 Err(TrySendError::Full(v)) => value = v,
                 r => return r,
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if deadline.is_some_and(|d| crate::time::clock_now() >= d) {
                 return Err(TrySendError::Full(value));
             }
             let Ok(w) = current_waker() else {
@@ -251,7 +251,9 @@ impl<T> Sender<T> {
                 }
             }
             let parked = park_current(deadline);
-            if !shared.senders.remove(ticket) && deadline.is_some_and(|d| Instant::now() >= d) {
+            if !shared.senders.remove(ticket)
+                && deadline.is_some_and(|d| crate::time::clock_now() >= d)
+            {
                 // We were woken for a free slot but may give up now: pass it on.
                 shared.senders.wake_one();
             }
@@ -303,7 +305,7 @@ impl<T> Receiver<T> {
 
     /// Like [`Receiver::recv`], giving up after `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.recv_deadline(Some(Instant::now() + timeout))
+        self.recv_deadline(Some(crate::time::clock_now() + timeout))
     }
 
     fn recv_deadline(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
@@ -314,7 +316,7 @@ impl<T> Receiver<T> {
                 Ok(None) => {}
                 Err(RecvError) => return Err(RecvTimeoutError::Disconnected),
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if deadline.is_some_and(|d| crate::time::clock_now() >= d) {
                 return Err(RecvTimeoutError::Timeout);
             }
             let w = current_waker().map_err(|_| RecvTimeoutError::Disconnected)?;

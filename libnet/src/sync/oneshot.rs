@@ -91,7 +91,7 @@ impl<T> Receiver<T> {
 
     /// Like [`Receiver::recv`], giving up after `timeout`.
     pub fn recv_timeout(self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.recv_deadline(Some(Instant::now() + timeout))
+        self.recv_deadline(Some(crate::time::clock_now() + timeout))
     }
 
     /// The value if it has arrived.
@@ -113,7 +113,7 @@ impl<T> Receiver<T> {
                 if !s.sender_alive {
                     return Err(RecvTimeoutError::Disconnected);
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                if deadline.is_some_and(|d| crate::time::clock_now() >= d) {
                     return Err(RecvTimeoutError::Timeout);
                 }
                 s.waiter = Some(current_waker().map_err(|_| RecvTimeoutError::Disconnected)?);
