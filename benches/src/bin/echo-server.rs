@@ -185,10 +185,22 @@ fn main() -> ExitCode {
 // libnet
 // ---------------------------------------------------------------------------
 
-/// libnet echo server: `threads` loops, connections spread round-robin by
-/// `libnet::net::serve`, one coroutine per connection in blocking style.
+/// libnet echo server: `threads` loops, connections spread by
+/// `libnet::net::serve` (round-robin unless env `ECHO_LIBNET_SPREAD` says
+/// `least-connections` or `this-loop`), one coroutine per connection.
 fn serve_libnet(addr: SocketAddr, threads: usize) -> io::Result<()> {
     use libnet::net::{serve, SocketBuilder, Spread};
+    let spread = match std::env::var("ECHO_LIBNET_SPREAD").as_deref() {
+        Ok("least-connections") => Spread::LeastConnections,
+        Ok("this-loop") => Spread::ThisLoop,
+        Ok("round-robin") | Err(_) => Spread::RoundRobin,
+        Ok(other) => return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "ECHO_LIBNET_SPREAD={other}: expected round-robin, least-connections or this-loop"
+            ),
+        )),
+    };
     let rt = libnet::Runtime::builder().loops(threads).build()?;
     let run = rt.run(move || -> io::Result<()> {
         let listener = SocketBuilder::new()
@@ -196,7 +208,7 @@ fn serve_libnet(addr: SocketAddr, threads: usize) -> io::Result<()> {
             .backlog(BACKLOG)
             .listen(addr)?;
         announce(listener.local_addr()?);
-        serve(&listener, Spread::RoundRobin, |mut conn| {
+        serve(&listener, spread, |mut conn| {
             if conn.set_nodelay(true).is_err() {
                 return;
             }

@@ -155,8 +155,9 @@ impl TcpStream {
     }
 
     fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len();
         self.io
-            .do_io(Direction::Read, self.read_timeout.get(), |mut s| {
+            .do_io_stream(Direction::Read, self.read_timeout.get(), len, |mut s| {
                 s.read(buf)
             })
     }
@@ -169,10 +170,12 @@ impl TcpStream {
     }
 
     fn write_impl(&self, buf: &[u8]) -> io::Result<usize> {
-        self.io
-            .do_io(Direction::Write, self.write_timeout.get(), |mut s| {
-                s.write(buf)
-            })
+        self.io.do_io_stream(
+            Direction::Write,
+            self.write_timeout.get(),
+            buf.len(),
+            |mut s| s.write(buf),
+        )
     }
 
     fn write_vectored_impl(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

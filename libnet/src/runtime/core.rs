@@ -316,6 +316,12 @@ impl Core {
         &self.clock
     }
 
+    /// True when a coroutine of this loop is the caller.
+    #[inline]
+    pub(crate) fn is_current_coroutine_loop(&self) -> bool {
+        !self.current.get().is_null() && with_current(|c| ptr::eq(c, self)).unwrap_or(false)
+    }
+
     /// True once the loop has begun shutting down.
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.get()

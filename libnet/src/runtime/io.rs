@@ -86,14 +86,63 @@ impl<S: Source + AsRawFd> IoSource<S> {
         &self,
         dir: Direction,
         timeout: Option<Duration>,
+        op: impl FnMut(&S) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.do_io_with(dir, timeout, op, |_| false)
+    }
+
+    /// [`IoSource::do_io`] for a byte-stream transfer of `len` bytes: a
+    /// partial transfer shows the socket is drained (read) or full (write),
+    /// so the next call in that direction waits for the next readiness edge
+    /// instead of spending a syscall on a certain `WouldBlock`. Sound for
+    /// stream sockets with edge-triggered epoll and kqueue: new data or new
+    /// buffer space always raises a fresh event.
+    pub(crate) fn do_io_stream(
+        &self,
+        dir: Direction,
+        timeout: Option<Duration>,
+        len: usize,
+        op: impl FnMut(&S) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        self.do_io_with(dir, timeout, op, |&n| n > 0 && n < len)
+    }
+
+    fn do_io_with<R>(
+        &self,
+        dir: Direction,
+        timeout: Option<Duration>,
         mut op: impl FnMut(&S) -> io::Result<R>,
+        exhausted: impl Fn(&R) -> bool,
     ) -> io::Result<R> {
         let mut deadline: Option<Instant> = None;
+        let mut may_skip = true;
         loop {
-            match op(&self.source) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
+            // Only a registered socket has readiness state, and only a coroutine
+            // of its own loop may act on it (anything else just tries).
+            let reg = self
+                .reg
+                .get()
+                .filter(|r| r.core.is_current_coroutine_loop());
+            if may_skip && reg.is_some_and(|r| !r.core.reactor.is_ready(r.token, dir)) {
+                // Known exhausted: go straight to waiting for the next edge.
+            } else {
+                match op(&self.source) {
+                    Ok(r) => {
+                        if let Some(reg) = reg {
+                            if exhausted(&r) {
+                                reg.core.reactor.clear_ready(reg.token, dir);
+                            }
+                        }
+                        return Ok(r);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if let Some(reg) = reg {
+                            reg.core.reactor.clear_ready(reg.token, dir);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
             }
             // The deadline starts at the first wait, so the fast path never reads the clock.
             if deadline.is_none() {
@@ -102,6 +151,7 @@ impl<S: Source + AsRawFd> IoSource<S> {
                 }
             }
             self.wait(dir, deadline)?;
+            may_skip = false;
         }
     }
 

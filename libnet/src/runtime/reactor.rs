@@ -28,9 +28,23 @@ pub(crate) enum Direction {
     Write,
 }
 
-/// Who waits on one registered socket.
-#[derive(Default)]
+/// Readiness bit for [`Direction::Read`].
+const READ_READY: u8 = 1;
+/// Readiness bit for [`Direction::Write`].
+const WRITE_READY: u8 = 2;
+
+fn bit(dir: Direction) -> u8 {
+    match dir {
+        Direction::Read => READ_READY,
+        Direction::Write => WRITE_READY,
+    }
+}
+
+/// Who waits on one registered socket, and what it is known to be ready for.
 struct IoState {
+    /// Directions not known to be exhausted: set by readiness events,
+    /// cleared by `WouldBlock` or a partial stream transfer.
+    ready: u8,
     /// Coroutines waiting for readability.
     readers: Vec<LocalWaiter>,
     /// Coroutines waiting for writability.
@@ -61,7 +75,11 @@ impl Reactor {
 
     /// Registers `source` for both directions, edge-triggered; returns its token.
     pub(crate) fn register(&self, source: &mut impl Source) -> io::Result<usize> {
-        let token = self.ios.borrow_mut().insert(IoState::default());
+        let token = self.ios.borrow_mut().insert(IoState {
+            ready: READ_READY | WRITE_READY,
+            readers: Vec::new(),
+            writers: Vec::new(),
+        });
         let res = self.poll.borrow().registry().register(
             source,
             Token(token),
@@ -79,6 +97,24 @@ impl Reactor {
         // Failure means the socket is already gone from the poller; nothing to undo.
         let _ = self.poll.borrow().registry().deregister(source);
         self.ios.borrow_mut().try_remove(token);
+    }
+
+    /// False when the socket is known to have nothing to read (or no room
+    /// to write) until its next readiness event.
+    #[inline]
+    pub(crate) fn is_ready(&self, token: usize, dir: Direction) -> bool {
+        self.ios
+            .borrow()
+            .get(token)
+            .is_none_or(|io| io.ready & bit(dir) != 0)
+    }
+
+    /// Records that the socket is exhausted in `dir` until its next event.
+    #[inline]
+    pub(crate) fn clear_ready(&self, token: usize, dir: Direction) {
+        if let Some(io) = self.ios.borrow_mut().get_mut(token) {
+            io.ready &= !bit(dir);
+        }
     }
 
     /// Forgets the waiters of a token whose socket is being closed.
@@ -121,9 +157,11 @@ impl Reactor {
                 };
                 let failed = ev.is_error();
                 if failed || ev.is_readable() || ev.is_read_closed() {
+                    io.ready |= READ_READY;
                     to_wake.append(&mut io.readers);
                 }
                 if failed || ev.is_writable() || ev.is_write_closed() {
+                    io.ready |= WRITE_READY;
                     to_wake.append(&mut io.writers);
                 }
             }
