@@ -435,4 +435,56 @@ fn main() {
     may::config().set_workers(1);
     yardsticks();
     Criterion::default().configure_from_args().final_summary();
+    print_ratios();
+}
+
+/// Prints libnet's median per group and its ratio to each yardstick, read
+/// back from criterion's `estimates.json` files of this run.
+fn print_ratios() {
+    let dir = criterion_dir();
+    let groups = [
+        "yield_round_trip",
+        "spawn_join",
+        "channel_ping_pong",
+        "timer_insert_cancel",
+    ];
+    println!("\nmedians (ns per operation) and ratios (libnet time / yardstick time; < 1 means libnet is faster):");
+    for g in groups {
+        let Some(ours) = median_ns(&dir, g, "libnet") else {
+            continue;
+        };
+        let mut line = format!("  {g:<20} libnet {ours:>9.1}");
+        for other in ["tokio", "may"] {
+            if let Some(t) = median_ns(&dir, g, other) {
+                line += &format!("   {other} {t:>9.1} (libnet/{other} {:.2}x)", ours / t);
+            }
+        }
+        println!("{line}");
+    }
+}
+
+/// Where criterion writes its results: `$CARGO_TARGET_DIR/criterion`, or
+/// `target/criterion` of the workspace.
+fn criterion_dir() -> std::path::PathBuf {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        return std::path::Path::new(&t).join("criterion");
+    }
+    // The bench runs from the package directory; the workspace is its parent.
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .unwrap_or(here)
+        .join("target")
+        .join("criterion")
+}
+
+/// The median point estimate (ns) of `group/name` from criterion's JSON,
+/// found without a JSON library: the number after `"median"` ...
+/// `"point_estimate":`.
+fn median_ns(dir: &std::path::Path, group: &str, name: &str) -> Option<f64> {
+    let text =
+        std::fs::read_to_string(dir.join(group).join(name).join("new/estimates.json")).ok()?;
+    let median = &text[text.find("\"median\"")?..];
+    let pe = &median[median.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
+    let end = pe.find([',', '}'])?;
+    pe[..end].trim().parse().ok()
 }

@@ -194,12 +194,14 @@ fn serve_libnet(addr: SocketAddr, threads: usize) -> io::Result<()> {
         Ok("least-connections") => Spread::LeastConnections,
         Ok("this-loop") => Spread::ThisLoop,
         Ok("round-robin") | Err(_) => Spread::RoundRobin,
-        Ok(other) => return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
+        Ok(other) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
                 "ECHO_LIBNET_SPREAD={other}: expected round-robin, least-connections or this-loop"
             ),
-        )),
+            ))
+        }
     };
     let rt = libnet::Runtime::builder().loops(threads).build()?;
     let run = rt.run(move || -> io::Result<()> {
