@@ -143,6 +143,18 @@ pub(crate) fn clock_now() -> Instant {
     core::with_current(|c| c.clock().now()).unwrap_or_else(Instant::now)
 }
 
+/// `clock_now() + d`, saturating far in the future instead of overflowing,
+/// so `Duration::MAX` means "as good as forever", as with std's timeouts.
+#[inline]
+pub(crate) fn deadline_after(d: Duration) -> Instant {
+    let now = clock_now();
+    now.checked_add(d).unwrap_or_else(|| now + FAR_FUTURE)
+}
+
+/// What "forever" saturates to: about 30 years, far beyond any real wait
+/// and well inside what `Instant` and the timer wheel can represent.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 /// The runtime clock: the time at which the current loop last polled.
 /// Outside a runtime, `Instant::now()`.
 pub fn now() -> Instant {
@@ -154,7 +166,7 @@ pub fn now() -> Instant {
 
 /// Parks the calling coroutine for `d` (the thread, outside a runtime).
 pub fn sleep(d: Duration) {
-    sleep_until(clock_now() + d);
+    sleep_until(deadline_after(d));
 }
 
 /// Parks the calling coroutine until `deadline` (the thread, outside a
@@ -198,7 +210,7 @@ pub fn interval(period: Duration) -> Interval {
     );
     Interval {
         period,
-        next: clock_now() + period,
+        next: deadline_after(period),
     }
 }
 
@@ -208,11 +220,16 @@ impl Interval {
         let at = self.next;
         sleep_until(at);
         let now = clock_now();
-        self.next += self.period;
+        self.next = self.next.checked_add(self.period).unwrap_or(self.next);
         if self.next <= now {
             // Skip the ticks we missed, keeping the phase.
-            let behind = now.duration_since(self.next).as_nanos() / self.period.as_nanos() + 1;
-            self.next += self.period * behind as u32;
+            let period = self.period.as_nanos();
+            let behind = now.duration_since(self.next).as_nanos() / period + 1;
+            let skip = u64::try_from(behind * period).unwrap_or(u64::MAX);
+            self.next = self
+                .next
+                .checked_add(Duration::from_nanos(skip))
+                .unwrap_or(now + self.period);
         }
         at
     }
@@ -248,22 +265,35 @@ impl CallbackTimer {
         }
         if let Some(p) = t.period {
             let now = core.now();
-            let mut next = t.deadline.get() + p;
+            let mut next = t.deadline.get().checked_add(p).unwrap_or(now + FAR_FUTURE);
             if next <= now {
-                next = now + p;
+                next = now.checked_add(p).unwrap_or(now + FAR_FUTURE);
             }
             t.deadline.set(next);
             t.id.set(Some(core.add_timer(next, TimerAction::Callback(t.clone()))));
         }
-        let Some(mut f) = t.f.borrow_mut().take() else {
+        let Some(f) = t.f.borrow_mut().take() else {
             // The previous run is still blocked: skip this tick.
             log::debug!("libnet: timer callback still running, tick skipped");
             return;
         };
         crate::spawn(move || {
-            f();
-            if !t.cancelled.get() {
-                *t.f.borrow_mut() = Some(f);
+            // Puts the callback back for the next tick even if it panics
+            // (the panic itself is logged by the detached coroutine).
+            struct Restore {
+                t: Rc<CallbackTimer>,
+                f: Option<Box<dyn FnMut()>>,
+            }
+            impl Drop for Restore {
+                fn drop(&mut self) {
+                    if !self.t.cancelled.get() {
+                        *self.t.f.borrow_mut() = self.f.take();
+                    }
+                }
+            }
+            let mut guard = Restore { t, f: Some(f) };
+            if let Some(f) = guard.f.as_mut() {
+                f();
             }
         });
     }
@@ -307,7 +337,7 @@ impl Timer {
 
 fn start(delay: Duration, period: Option<Duration>, f: Box<dyn FnMut()>) -> Timer {
     let core = core::current().expect("libnet: timers must be started inside a libnet runtime");
-    let deadline = core.clock().now() + delay;
+    let deadline = deadline_after(delay);
     let t = Rc::new(CallbackTimer {
         f: RefCell::new(Some(f)),
         period,

@@ -147,7 +147,7 @@ impl<S: Source + AsRawFd> IoSource<S> {
             // The deadline starts at the first wait, so the fast path never reads the clock.
             if deadline.is_none() {
                 if let Some(t) = timeout {
-                    deadline = Some(crate::time::clock_now() + t);
+                    deadline = Some(crate::time::deadline_after(t));
                 }
             }
             self.wait(dir, deadline)?;

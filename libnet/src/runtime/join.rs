@@ -98,6 +98,14 @@ impl<T> Drop for Completion<T> {
     }
 }
 
+impl<T> std::fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
 impl<T> JoinHandle<T> {
     /// Waits for the coroutine (parking only the calling coroutine, or the
     /// calling thread outside a runtime) and returns its value, or the

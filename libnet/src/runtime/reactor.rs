@@ -32,6 +32,12 @@ pub(crate) enum Direction {
 const READ_READY: u8 = 1;
 /// Readiness bit for [`Direction::Write`].
 const WRITE_READY: u8 = 2;
+/// Sticky: the read side saw end-of-stream or an error. Edge-triggered
+/// pollers report that once, so it must never be cleared, or a read parked
+/// after a short read that already consumed the last data would wait forever.
+const READ_CLOSED: u8 = 4;
+/// Sticky: the write side is closed or failed.
+const WRITE_CLOSED: u8 = 8;
 
 fn bit(dir: Direction) -> u8 {
     match dir {
@@ -40,10 +46,18 @@ fn bit(dir: Direction) -> u8 {
     }
 }
 
+fn closed_bit(dir: Direction) -> u8 {
+    match dir {
+        Direction::Read => READ_CLOSED,
+        Direction::Write => WRITE_CLOSED,
+    }
+}
+
 /// Who waits on one registered socket, and what it is known to be ready for.
 struct IoState {
     /// Directions not known to be exhausted: set by readiness events,
-    /// cleared by `WouldBlock` or a partial stream transfer.
+    /// cleared by `WouldBlock` or a partial stream transfer; plus the sticky
+    /// closed bits, which no transfer clears.
     ready: u8,
     /// Coroutines waiting for readability.
     readers: Vec<LocalWaiter>,
@@ -106,7 +120,7 @@ impl Reactor {
         self.ios
             .borrow()
             .get(token)
-            .is_none_or(|io| io.ready & bit(dir) != 0)
+            .is_none_or(|io| io.ready & (bit(dir) | closed_bit(dir)) != 0)
     }
 
     /// Records that the socket is exhausted in `dir` until its next event.
@@ -156,6 +170,12 @@ impl Reactor {
                     continue;
                 };
                 let failed = ev.is_error();
+                if failed || ev.is_read_closed() {
+                    io.ready |= READ_CLOSED;
+                }
+                if failed || ev.is_write_closed() {
+                    io.ready |= WRITE_CLOSED;
+                }
                 if failed || ev.is_readable() || ev.is_read_closed() {
                     io.ready |= READ_READY;
                     to_wake.append(&mut io.readers);

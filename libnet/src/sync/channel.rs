@@ -218,7 +218,7 @@ impl<T> Sender<T> {
 
     /// Like [`Sender::send`], giving up after `timeout` with `Full`.
     pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), TrySendError<T>> {
-        self.send_deadline(value, Some(crate::time::clock_now() + timeout))
+        self.send_deadline(value, Some(crate::time::deadline_after(timeout)))
     }
 
     fn send_deadline(
@@ -305,7 +305,7 @@ impl<T> Receiver<T> {
 
     /// Like [`Receiver::recv`], giving up after `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.recv_deadline(Some(crate::time::clock_now() + timeout))
+        self.recv_deadline(Some(crate::time::deadline_after(timeout)))
     }
 
     fn recv_deadline(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {

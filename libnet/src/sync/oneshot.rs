@@ -91,7 +91,7 @@ impl<T> Receiver<T> {
 
     /// Like [`Receiver::recv`], giving up after `timeout`.
     pub fn recv_timeout(self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.recv_deadline(Some(crate::time::clock_now() + timeout))
+        self.recv_deadline(Some(crate::time::deadline_after(timeout)))
     }
 
     /// The value if it has arrived.
