@@ -45,10 +45,12 @@ impl Pool {
         }
     }
 
-    /// Starts one more worker if more jobs wait than workers are idle and
-    /// the bound allows it.
+    /// Starts one more worker if a job is still waiting in the queue and the
+    /// bound allows it. (Comparing with the idle count instead would race: a
+    /// worker counts as idle from the moment it takes a job until it marks
+    /// itself busy. A spare worker now and then is the cheaper mistake.)
     fn maybe_grow(&self) {
-        if self.idle.load(Ordering::Acquire) >= self.rx.len() {
+        if self.rx.is_empty() || self.idle.load(Ordering::Acquire) > self.rx.len() {
             return;
         }
         let n = self.started.load(Ordering::Acquire);
