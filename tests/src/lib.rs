@@ -1,10 +1,13 @@
 //! Shared helpers for the libnet integration tests and the `test-net`
 //! self-test binary.
 //!
-//! Everything here talks to loopback only (127.0.0.1 / [::1]) and binds
-//! ephemeral ports (port 0). Waiting loops are bounded in count and time.
+//! The helpers here talk to loopback only (`127.0.0.1` / `::1`) and bind
+//! ephemeral ports (port 0); [`netlab`] builds emulated hosts and NATs in
+//! network namespaces of its own (198.18.0.0/15). Waiting loops are bounded
+//! in count and time.
 
 pub mod cases;
+pub mod netlab;
 
 use std::any::Any;
 use std::io::{self, Read, Write};
