@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use libnet::net::{serve, Spread, TcpListener, TcpStream, UdpSocket};
+use libnet::rudp::{Config as RudpConfig, RudpSocket};
 use libnet::sync::{channel, oneshot, RecvTimeoutError};
 use libnet::time;
 
@@ -103,7 +104,149 @@ pub fn all() -> Vec<Case> {
         "sync::channel_plain_thread" => sync_channel_plain_thread,
         "sync::recv_timeout" => sync_recv_timeout,
         "sync::oneshot" => sync_oneshot,
+        "rudp::echo" => rudp_echo,
+        "rudp::tiny_windows" => rudp_tiny_windows,
+        "rudp::stream" => rudp_stream,
+        "rudp::raw_beside_connections" => rudp_raw,
+        "rudp::connect_timeout" => rudp_connect_timeout,
     ]
+}
+
+// ---------------------------------------------------------------- rudp
+
+fn rudp_local() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().expect("valid address")
+}
+
+/// Messages both ways over one reliable-UDP connection.
+fn rudp_echo() -> CaseResult {
+    on_runtime(1, || {
+        let server = RudpSocket::bind(rudp_local(), RudpConfig::default()).ctx("bind")?;
+        let addr = server.local_addr().ctx("addr")?;
+        let srv = libnet::spawn(move || -> Result<(), String> {
+            let (conn, _) = server.accept().ctx("accept")?;
+            while let Some(m) = conn.recv().ctx("server recv")? {
+                conn.send(&m).ctx("echo")?;
+            }
+            Ok(())
+        });
+        let client = RudpSocket::bind(rudp_local(), RudpConfig::default()).ctx("bind")?;
+        let conn = client.connect(addr).ctx("connect")?;
+        for i in 0..100u32 {
+            let msg = vec![i as u8; 1 + (i as usize * 13) % 3000];
+            conn.send(&msg).ctx("send")?;
+            let back = conn.recv().ctx("recv")?.ok_or("connection ended early")?;
+            ensure!(back == msg, "message {i} came back different");
+        }
+        conn.close();
+        srv.join().map_err(|p| panic_message(&*p))??;
+        Ok(Outcome::Pass)
+    })
+}
+
+/// The original's flow-control case: windows 5/3, 50 messages of 1,280 bytes.
+fn rudp_tiny_windows() -> CaseResult {
+    on_runtime(2, || {
+        let cfg = RudpConfig {
+            send_window: 5,
+            recv_window: 3,
+            ..RudpConfig::default()
+        };
+        let (tx, rx) = oneshot::channel();
+        let server_cfg = cfg.clone();
+        let srv = libnet::spawn_on(1, move || -> Result<usize, String> {
+            let server = RudpSocket::bind(rudp_local(), server_cfg).ctx("bind")?;
+            let _ = tx.send(server.local_addr().ctx("addr")?);
+            let (conn, _) = server.accept().ctx("accept")?;
+            let mut n = 0;
+            while let Some(m) = conn.recv().ctx("recv")? {
+                if m != vec![n as u8; 1280] {
+                    return Err(format!("message {n} out of order or corrupted"));
+                }
+                n += 1;
+            }
+            Ok(n)
+        });
+        let addr = rx.recv().map_err(|_| "server did not start".to_string())?;
+        let client = RudpSocket::bind(rudp_local(), cfg).ctx("bind")?;
+        let conn = client.connect(addr).ctx("connect")?;
+        for i in 0..50u8 {
+            conn.send(&[i; 1280]).ctx("send")?;
+        }
+        conn.close();
+        let n = srv.join().map_err(|p| panic_message(&*p))??;
+        ensure!(n == 50, "server got {n} of 50 messages");
+        Ok(Outcome::Pass)
+    })
+}
+
+/// 4 MiB through the Read/Write wrapper, byte-exact.
+fn rudp_stream() -> CaseResult {
+    on_runtime(1, || {
+        let server = RudpSocket::bind(rudp_local(), RudpConfig::default()).ctx("bind")?;
+        let addr = server.local_addr().ctx("addr")?;
+        let reader = libnet::spawn(move || -> Result<Vec<u8>, String> {
+            let (conn, _) = server.accept().ctx("accept")?;
+            let mut got = Vec::new();
+            conn.stream().read_to_end(&mut got).ctx("read")?;
+            Ok(got)
+        });
+        let data: Vec<u8> = (0..4u32 << 20).map(|i| (i * 31 + i / 977) as u8).collect();
+        let client = RudpSocket::bind(rudp_local(), RudpConfig::default()).ctx("bind")?;
+        let mut stream = client.connect(addr).ctx("connect")?.stream();
+        stream.write_all(&data).ctx("write")?;
+        stream.connection().close();
+        let got = reader.join().map_err(|p| panic_message(&*p))??;
+        ensure!(
+            got == data,
+            "stream corrupted ({} of {} bytes)",
+            got.len(),
+            data.len()
+        );
+        Ok(Outcome::Pass)
+    })
+}
+
+/// Raw datagrams travel on the same socket as the connections.
+fn rudp_raw() -> CaseResult {
+    on_runtime(1, || {
+        let a = RudpSocket::bind(rudp_local(), RudpConfig::default()).ctx("bind")?;
+        let b = RudpSocket::bind(rudp_local(), RudpConfig::default()).ctx("bind")?;
+        let b_addr = b.local_addr().ctx("addr")?;
+        a.send_raw(b_addr, b"hello raw").ctx("send_raw")?;
+        let (from, data) = b.recv_raw(Some(Duration::from_secs(5))).ctx("recv_raw")?;
+        ensure!(data == b"hello raw", "raw datagram altered");
+        ensure!(
+            from == a.local_addr().ctx("addr")?,
+            "raw datagram from {from}"
+        );
+        Ok(Outcome::Pass)
+    })
+}
+
+/// Connecting to a port nobody answers on fails after the handshake timeout.
+fn rudp_connect_timeout() -> CaseResult {
+    on_runtime(1, || {
+        let silent = UdpSocket::bind(V4_ANY_PORT).ctx("bind")?;
+        let port = silent.local_addr().ctx("addr")?.port();
+        let cfg = RudpConfig {
+            handshake_timeout: Duration::from_millis(300),
+            ..RudpConfig::default()
+        };
+        let client = RudpSocket::bind(rudp_local(), cfg).ctx("bind")?;
+        let started = Instant::now();
+        let err = match client.connect(([127, 0, 0, 1], port).into()) {
+            Ok(_) => return Err("connected to a socket that never answers".into()),
+            Err(e) => e,
+        };
+        ensure!(err.kind() == ErrorKind::TimedOut, "wrong error: {err}");
+        check_elapsed(
+            "rudp connect timeout",
+            started.elapsed(),
+            Duration::from_millis(300),
+        )?;
+        Ok(Outcome::Pass)
+    })
 }
 
 // ---------------------------------------------------------------- tcp

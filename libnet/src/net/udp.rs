@@ -109,6 +109,14 @@ impl UdpSocket {
         self.io.get().recv_from(buf)
     }
 
+    /// Parks until the socket may be readable, the calling coroutine is
+    /// woken by anyone, or `deadline` passes (then `TimedOut`). May return
+    /// spuriously; the caller drains with `try_recv_from` until `WouldBlock`
+    /// before waiting again (readiness is edge-triggered).
+    pub(crate) fn wait_readable(&self, deadline: Option<std::time::Instant>) -> io::Result<()> {
+        self.io.wait(Direction::Read, deadline)
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.io.get().local_addr()

@@ -155,8 +155,10 @@ impl<S: Source + AsRawFd> IoSource<S> {
         }
     }
 
-    /// Waits once for readiness in `dir` (may return spuriously).
-    fn wait(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+    /// Waits once for readiness in `dir` (may return spuriously). Any wake
+    /// of the calling coroutine also ends the wait, so a driver can wait for
+    /// "readable, or kicked by another coroutine, or `deadline`" at once.
+    pub(crate) fn wait(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
         if let Some(d) = deadline {
             if crate::time::clock_now() >= d {
                 return Err(timed_out());
