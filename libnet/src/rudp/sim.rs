@@ -158,6 +158,9 @@ pub(crate) struct Sim {
     path_tail: HashMap<(SocketAddr, SocketAddr), Instant>,
     rng: Rng,
     seq: u64,
+    /// Deliver the datagrams of one instant as a batch
+    /// (`begin_batch`/`end_batch`), as the socket driver does; on by default.
+    pub batch: bool,
 }
 
 impl Sim {
@@ -174,6 +177,7 @@ impl Sim {
             by_addr: HashMap::new(),
             path_tail: HashMap::new(),
             rng: Rng::new(seed),
+            batch: true,
             seq: 0,
         }
     }
@@ -312,6 +316,11 @@ impl Sim {
 
     fn process_now(&mut self) {
         let now = self.now;
+        if self.batch {
+            for n in &mut self.nodes {
+                n.ep.begin_batch();
+            }
+        }
         while self.flights.peek().is_some_and(|f| f.0.at <= now) {
             let Some(Reverse(f)) = self.flights.pop() else {
                 break;
@@ -322,6 +331,11 @@ impl Sim {
                     self.nodes[j].ep.handle_datagram(f.from, &f.data, now);
                 }
                 _ => self.net.undeliverable += 1,
+            }
+        }
+        if self.batch {
+            for n in &mut self.nodes {
+                n.ep.end_batch(now);
             }
         }
         for n in &mut self.nodes {

@@ -214,6 +214,9 @@ fn drive(shared: Rc<Shared>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut drained = true;
+        // One batch: every datagram is input first, each connection is
+        // flushed once at the end (see `Endpoint::begin_batch`).
+        shared.ep.borrow_mut().begin_batch();
         for i in 0..=RECV_BATCH {
             if i == RECV_BATCH {
                 drained = false;
@@ -237,6 +240,7 @@ fn drive(shared: Rc<Shared>) {
             }
         }
         let now = clock_now();
+        shared.ep.borrow_mut().end_batch(now);
         let due = shared.ep.borrow().poll_timeout();
         if due.is_some_and(|d| d <= now) {
             shared.ep.borrow_mut().handle_timeout(now);
