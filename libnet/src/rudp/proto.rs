@@ -158,6 +158,9 @@ const T_PING: u8 = 6;
 const T_PONG: u8 = 7;
 const T_CLOSE: u8 = 8;
 const T_CLOSE_ACK: u8 = 9;
+/// How many handshake-retry intervals of silence from the peer a close whose
+/// data is all acked waits for the CLOSE_ACK before counting as done anyway.
+const CLOSE_LINGER_RETRIES: u32 = 8;
 const T_ABORT: u8 = 10;
 const T_RAW: u8 = 11;
 
@@ -2006,7 +2009,20 @@ fn on_timer_established(out: &mut Outbox, conn: &mut Conn, cfg: &Config, now: In
             abort: true,
         };
     }
-    if let State::Closing { deadline, .. } = conn.state {
+    if let State::Closing { deadline, retry } = conn.state {
+        // With `retry` set, everything we sent is acked and CLOSE went out;
+        // only the peer's CLOSE_ACK is missing. A peer that has been silent
+        // for the whole linger (no ack, no data, no CLOSE of its own) is
+        // gone after acking everything, like TCP's lost last ACK: the close
+        // succeeded as far as anyone can know. A live peer keeps talking,
+        // so we keep retrying until the deadline.
+        let linger = cfg.handshake_retry * CLOSE_LINGER_RETRIES;
+        if retry.is_some() && now >= conn.last_recv + linger {
+            return Verdict::End {
+                reason: CloseReason::LocalClose,
+                abort: false,
+            };
+        }
         if now >= deadline {
             return Verdict::End {
                 reason: CloseReason::TimedOut,
@@ -2910,6 +2926,61 @@ mod tests {
         }
         assert_eq!(sim.ep(b).recv(cb), Err(Error::UnknownConnection));
         assert!(sim.ep(b).stats(cb).is_none());
+    }
+
+    /// The peer ended the connection but still holds unread messages; its
+    /// first CLOSE_ACKs are lost. It must answer our CLOSE retries, so the
+    /// close completes after a retry or two, not at the close deadline.
+    #[test]
+    fn close_completes_when_close_acks_are_lost() {
+        let mut sim = Sim::new(31, Link::default());
+        sim.drop_matching = Some((2, |d| d.len() > 1 && d[1] & 0x0f == T_CLOSE_ACK));
+        let a = sim.add(Config::default());
+        let b = sim.add(Config::default());
+        let mut apps = Apps {
+            paused: vec![1],
+            ..Apps::default()
+        };
+        let (ca, cb) = connect(&mut sim, &mut apps, a, b);
+        let now = sim.now;
+        sim.ep(a).send(ca, b"unread", now).unwrap();
+        sim.ep(a).close(ca, now);
+        let start = sim.elapsed();
+        sim.run_for(5 * SEC, 100_000, |s| apps.on_step(s));
+        let done = apps
+            .closed
+            .iter()
+            .find(|c| c.0 == a && c.1 == ca)
+            .expect("our close never completed");
+        assert_eq!(done.2, CloseReason::LocalClose);
+        assert!(done.3 - start < 3 * SEC, "close took {:?}", done.3 - start);
+        assert_eq!(sim.ep(b).recv(cb), Ok(Some(b"unread".to_vec())));
+    }
+
+    /// Everything is acked but every CLOSE_ACK is lost (the peer went away
+    /// right after): the close still completes, as LocalClose, after the
+    /// bounded linger instead of timing out at the idle deadline.
+    #[test]
+    fn close_completes_when_the_peer_never_acks_the_close() {
+        let mut sim = Sim::new(32, Link::default());
+        sim.drop_matching = Some((u32::MAX, |d| d.len() > 1 && d[1] & 0x0f == T_CLOSE_ACK));
+        let a = sim.add(Config::default());
+        let b = sim.add(Config::default());
+        let mut apps = Apps::default();
+        let (ca, _) = connect(&mut sim, &mut apps, a, b);
+        let now = sim.now;
+        sim.ep(a).send(ca, b"all of it", now).unwrap();
+        sim.ep(a).close(ca, now);
+        let start = sim.elapsed();
+        sim.run_for(10 * SEC, 100_000, |s| apps.on_step(s));
+        let done = apps
+            .closed
+            .iter()
+            .find(|c| c.0 == a && c.1 == ca)
+            .expect("our close never completed");
+        assert_eq!(done.2, CloseReason::LocalClose);
+        let took = done.3 - start;
+        assert!(took < 3 * SEC, "close took {took:?}");
     }
 
     #[test]

@@ -158,10 +158,15 @@ pub(crate) struct Sim {
     path_tail: HashMap<(SocketAddr, SocketAddr), Instant>,
     rng: Rng,
     seq: u64,
+    /// Drops the next `.0` datagrams for which `.1` is true (targeted loss).
+    pub drop_matching: Option<(u32, DropIf)>,
     /// Deliver the datagrams of one instant as a batch
     /// (`begin_batch`/`end_batch`), as the socket driver does; on by default.
     pub batch: bool,
 }
+
+/// Which datagrams `Sim::drop_matching` drops.
+pub(crate) type DropIf = fn(&[u8]) -> bool;
 
 impl Sim {
     pub(crate) fn new(seed: u64, link: Link) -> Sim {
@@ -178,6 +183,7 @@ impl Sim {
             path_tail: HashMap::new(),
             rng: Rng::new(seed),
             batch: true,
+            drop_matching: None,
             seq: 0,
         }
     }
@@ -240,6 +246,13 @@ impl Sim {
         if !self.nodes[i].up {
             self.net.lost += 1;
             return;
+        }
+        if let Some((n, hit)) = self.drop_matching {
+            if n > 0 && hit(&data) {
+                self.drop_matching = Some((n - 1, hit));
+                self.net.lost += 1;
+                return;
+            }
         }
         if self.rng.chance(self.link.loss) {
             self.net.lost += 1;
