@@ -101,12 +101,14 @@ impl UdpSocket {
 
     /// Sends without waiting: `WouldBlock` if the send buffer is full.
     pub fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
-        self.io.get().send_to(buf, addr)
+        self.io.try_io(Direction::Write, |s| s.send_to(buf, addr))
     }
 
-    /// Receives without waiting: `WouldBlock` if nothing is queued.
+    /// Receives without waiting: `WouldBlock` if nothing is queued. After a
+    /// `WouldBlock`, further calls answer it without a syscall until the
+    /// socket signals readability again (to a coroutine of its loop).
     pub fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.io.get().recv_from(buf)
+        self.io.try_io(Direction::Read, |s| s.recv_from(buf))
     }
 
     /// Parks until the socket may be readable, the calling coroutine is

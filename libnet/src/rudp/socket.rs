@@ -104,11 +104,14 @@ impl Shared {
         }
     }
 
-    /// Dispatches every pending endpoint event to whoever waits for it.
-    fn dispatch(&self) {
+    /// Dispatches every pending endpoint event to whoever waits for it;
+    /// true if there was any.
+    fn dispatch(&self) -> bool {
+        let mut any = false;
         loop {
             let ev = self.ep.borrow_mut().poll_event();
-            let Some(ev) = ev else { return };
+            let Some(ev) = ev else { return any };
+            any = true;
             match ev {
                 Event::Connected(id) => {
                     let mut conns = self.conns.borrow_mut();
@@ -238,6 +241,12 @@ fn drive(shared: Rc<Shared>) {
                     break;
                 }
             }
+        }
+        // Let the coroutines this input woke run first: a reply they send
+        // now carries the batch's ACKs in the same datagram (KCP flushes
+        // pending ACKs with data); end_batch then flushes whatever is left.
+        if shared.dispatch() {
+            crate::yield_now();
         }
         let now = clock_now();
         shared.ep.borrow_mut().end_batch(now);

@@ -107,6 +107,31 @@ impl<S: Source + AsRawFd> IoSource<S> {
         self.do_io_with(dir, timeout, op, |&n| n > 0 && n < len)
     }
 
+    /// One attempt, never waiting: `WouldBlock` at once, without a
+    /// syscall, when the socket is known to be exhausted in `dir` (a
+    /// `WouldBlock` from the kernel marks it so; the next readiness event
+    /// clears the mark). Outside the socket's own loop it just tries.
+    pub(crate) fn try_io<R>(
+        &self,
+        dir: Direction,
+        op: impl FnOnce(&S) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let reg = self
+            .reg
+            .get()
+            .filter(|r| r.core.is_current_coroutine_loop());
+        if reg.is_some_and(|r| !r.core.reactor.is_ready(r.token, dir)) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let r = op(&self.source);
+        if let (Err(e), Some(reg)) = (&r, reg) {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                reg.core.reactor.clear_ready(reg.token, dir);
+            }
+        }
+        r
+    }
+
     fn do_io_with<R>(
         &self,
         dir: Direction,
