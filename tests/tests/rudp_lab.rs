@@ -9,18 +9,13 @@ use std::time::{Duration, Instant};
 
 use libnet::rudp::{Config, RudpSocket};
 use libnet_tests::netlab::Lab;
+use libnet_tests::Rng;
 
 /// Deterministic pseudo-random content.
 fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    let mut data = vec![0u8; len];
+    Rng::new(seed).fill(&mut data);
+    data
 }
 
 fn digest(data: &[u8]) -> u64 {
