@@ -11,7 +11,8 @@
 //!
 //! Part 2 needs root (namespaces); without it the bench says so and skips it.
 //! Env: RUDP_LAT_SECS (default 10) seconds of messages per latency run,
-//! RUDP_BULK_MB (default 64) megabytes per bulk run.
+//! RUDP_BULK_MB (default 64) megabytes per bulk run, RUDP_LOSSES (default
+//! "0,5,10") the loss percentages to measure latency at.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -322,7 +323,11 @@ fn main() {
     );
     println!("  loss proto     mean      p50      p99      max");
     let mut table = Vec::new();
-    for loss in [0u8, 5, 10] {
+    let losses: Vec<u8> = std::env::var("RUDP_LOSSES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![0, 5, 10]);
+    for &loss in &losses {
         lab.set_loss(&pair.router, loss).expect("set loss");
         for proto in [Proto::Rudp, Proto::Tcp] {
             let (lat, _) = one_run(
@@ -337,6 +342,7 @@ fn main() {
                 Some(b.addr),
             );
             let l = summarize(lat);
+            eprintln!("  ({loss}% {proto:?} done)");
             println!(
                 "  {loss:>3}% {:<5} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
                 format!("{proto:?}"),

@@ -289,6 +289,44 @@ fn a_vanished_peer_is_detected_within_the_idle_timeout() {
     });
 }
 
+/// The receiver's whole runtime ends the moment it has read everything
+/// (like `rudp_cat --listen`): the sender must still get its last ACKs and
+/// finish its orderly close promptly.
+#[test]
+fn the_sender_finishes_when_the_receiver_exits_right_after_reading() {
+    const LEN: usize = 4 << 20;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let receiver = std::thread::spawn(move || {
+        run(1, move || {
+            let s = RudpSocket::bind(any(), Config::default()).expect("bind");
+            tx.send(s.local_addr().expect("addr")).expect("ready");
+            let (conn, _) = s.accept().expect("accept");
+            let mut stream = conn.stream();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            while got < LEN {
+                let n = stream.read(&mut buf).expect("read");
+                assert!(n > 0, "ended early");
+                got += n;
+            }
+            // Return at once: the runtime and its socket go away now.
+        })
+    });
+    let addr = rx.recv().expect("receiver ready");
+    let took = run(1, move || {
+        let s = RudpSocket::bind(any(), Config::default()).expect("bind");
+        let mut stream = s.connect(addr).expect("connect").stream();
+        stream.write_all(&pattern(LEN, 9)).expect("write");
+        let t = std::time::Instant::now();
+        stream.connection().close();
+        let end = stream.connection().recv().expect("orderly close completes");
+        assert!(end.is_none());
+        t.elapsed()
+    });
+    receiver.join().expect("receiver");
+    assert!(took < Duration::from_secs(5), "close took {took:?}");
+}
+
 #[test]
 fn a_port_in_use_is_a_clear_error() {
     run(1, || {

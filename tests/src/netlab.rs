@@ -575,6 +575,8 @@ impl Lab {
             &nat.ns,
             &format!("link add name {port} type veth peer name eth0 netns {ns}"),
         )?;
+        one_packet_per_skb(&nat.ns, &port)?;
+        one_packet_per_skb(&ns, "eth0")?;
         ip(&nat.ns, &format!("link set {port} master lan up"))?;
         ip(&ns, &format!("addr add {addr}/24 dev eth0"))?;
         ip(&ns, "link set eth0 up")?;
@@ -618,6 +620,8 @@ impl Lab {
                 &rns,
                 &format!("link add name {dev} type veth peer name eth0 netns {ns}"),
             )?;
+            one_packet_per_skb(&rns, &dev)?;
+            one_packet_per_skb(&ns, "eth0")?;
             ip(&rns, &format!("addr add {gw}/24 dev {dev}"))?;
             ip(&rns, &format!("link set dev {dev} up"))?;
             ip(&ns, &format!("addr add {addr}/24 dev eth0"))?;
@@ -724,9 +728,18 @@ impl Lab {
             &self.internet,
             &format!("link add name {port} type veth peer name {ifname} netns {ns}"),
         )?;
+        one_packet_per_skb(&self.internet, port)?;
+        one_packet_per_skb(ns, ifname)?;
         ip(&self.internet, &format!("link set {port} master br0 up"))?;
         Ok(())
     }
+}
+
+/// Makes `dev` carry one packet per buffer: no GSO/TSO super-packets of up
+/// to 64 KiB, which a loss rule would drop (or spare) as a single packet,
+/// understating loss for TCP compared with UDP's real datagrams.
+fn one_packet_per_skb(ns: &str, dev: &str) -> io::Result<()> {
+    ip(ns, &format!("link set dev {dev} gso_max_segs 1")).map(drop)
 }
 
 impl Drop for Lab {

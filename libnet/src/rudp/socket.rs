@@ -242,12 +242,10 @@ fn drive(shared: Rc<Shared>) {
                 }
             }
         }
-        // Let the coroutines this input woke run first: a reply they send
-        // now carries the batch's ACKs in the same datagram (KCP flushes
-        // pending ACKs with data); end_batch then flushes whatever is left.
-        if shared.dispatch() {
-            crate::yield_now();
-        }
+        // Flush the batch (ACKs included) before waking anyone. Letting the
+        // woken coroutines run first would let a reply carry the ACKs, but
+        // an application that reads its last bytes and ends its runtime
+        // then never sends them, and the peer's close hangs.
         let now = clock_now();
         shared.ep.borrow_mut().end_batch(now);
         let due = shared.ep.borrow().poll_timeout();
