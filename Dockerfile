@@ -16,6 +16,6 @@ RUN apt-get update \
 WORKDIR /src/p2p-live
 COPY . .
 
-RUN cargo build --workspace --release --all-targets
+RUN cargo build --workspace --release --all-targets --locked
 
 CMD ["cargo", "test", "--workspace", "--release"]
