@@ -50,21 +50,27 @@ enum Proto {
     Tcp,
 }
 
-/// The receiving side: accepts one connection on `bind` and runs `job`.
-fn serve(proto: Proto, bind: SocketAddr, ready: mpsc::Sender<SocketAddr>, job: Job) -> Vec<u64> {
+/// The receiving side: accepts one connection on `bind` and hands its byte
+/// stream to `receive`.
+fn serve(
+    proto: Proto,
+    bind: SocketAddr,
+    ready: mpsc::Sender<SocketAddr>,
+    receive: impl FnOnce(&mut dyn Read) -> Vec<u64> + 'static,
+) -> Vec<u64> {
     on_runtime(move || match proto {
         Proto::Rudp => {
             let s = RudpSocket::bind(bind, Config::default()).expect("bind");
             ready.send(s.local_addr().expect("addr")).expect("ready");
             let (conn, _) = s.accept().expect("accept");
-            job.receive(&mut conn.stream())
+            receive(&mut conn.stream())
         }
         Proto::Tcp => {
             let l = TcpListener::bind(bind).expect("bind");
             ready.send(l.local_addr().expect("addr")).expect("ready");
             let (mut s, _) = l.accept().expect("accept");
             s.set_nodelay(true).expect("nodelay");
-            job.receive(&mut s)
+            receive(&mut s)
         }
     })
 }
@@ -131,28 +137,25 @@ impl Job {
             }
         }
     }
-
-    /// The bulk receiver: returns [ns from the first byte to the last].
-    /// (Paced runs are received by `receive_paced`, which needs the base.)
-    fn receive(self, r: &mut impl Read) -> Vec<u64> {
-        let Job::Bulk { bytes } = self else {
-            unreachable!("paced runs are received by receive_paced")
-        };
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut got = 0u64;
-        let mut t = None;
-        while got < bytes {
-            let n = r.read(&mut buf).expect("bulk read");
-            assert!(n > 0, "bulk stream ended early at {got} of {bytes}");
-            t.get_or_insert_with(Instant::now);
-            got += n as u64;
-        }
-        vec![t.map_or(0, |t| t.elapsed().as_nanos() as u64)]
-    }
 }
 
-/// Paced receive needs the shared base instant, so it has its own entry.
-fn receive_paced(r: &mut impl Read, count: u64, base: Instant) -> Vec<u64> {
+/// The bulk receiver: returns [ns from the first byte to the last].
+fn receive_bulk(r: &mut dyn Read, bytes: u64) -> Vec<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    let mut t = None;
+    while got < bytes {
+        let n = r.read(&mut buf).expect("bulk read");
+        assert!(n > 0, "bulk stream ended early at {got} of {bytes}");
+        t.get_or_insert_with(Instant::now);
+        got += n as u64;
+    }
+    vec![t.map_or(0, |t| t.elapsed().as_nanos() as u64)]
+}
+
+/// The paced receiver: each message's one-way latency in ns, against the
+/// send time the sender wrote relative to the shared `base`.
+fn receive_paced(r: &mut dyn Read, count: u64, base: Instant) -> Vec<u64> {
     let mut msg = [0u8; MSG];
     let mut lat = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -181,23 +184,11 @@ fn one_run(
 ) -> (Vec<u64>, f64) {
     let base = Instant::now();
     let (tx, rx) = mpsc::channel();
-    let server = server_on(Box::new(move || match job {
-        Job::Paced { count, .. } => on_runtime(move || match proto {
-            Proto::Rudp => {
-                let s = RudpSocket::bind(bind, Config::default()).expect("bind");
-                tx.send(s.local_addr().expect("addr")).expect("ready");
-                let (conn, _) = s.accept().expect("accept");
-                receive_paced(&mut conn.stream(), count, base)
-            }
-            Proto::Tcp => {
-                let l = TcpListener::bind(bind).expect("bind");
-                tx.send(l.local_addr().expect("addr")).expect("ready");
-                let (mut s, _) = l.accept().expect("accept");
-                s.set_nodelay(true).expect("nodelay");
-                receive_paced(&mut s, count, base)
-            }
-        }),
-        Job::Bulk { .. } => serve(proto, bind, tx, job),
+    let server = server_on(Box::new(move || {
+        serve(proto, bind, tx, move |r| match job {
+            Job::Paced { count, .. } => receive_paced(r, count, base),
+            Job::Bulk { bytes } => receive_bulk(r, bytes),
+        })
     }));
     let mut addr = rx
         .recv_timeout(Duration::from_secs(10))
@@ -363,8 +354,13 @@ fn main() {
         };
         if let (Some(r), Some(t)) = (get(Proto::Rudp), get(Proto::Tcp)) {
             println!(
-                "  at {loss}%: RUDP mean latency {:.0}% lower than TCP; max {:.1}x lower",
-                (1.0 - r.mean / t.mean) * 100.0,
+                "  at {loss}%: mean RUDP/TCP {:.2} ({}), max TCP/RUDP {:.1}x",
+                r.mean / t.mean,
+                if r.mean < t.mean {
+                    format!("RUDP {:.0}% lower", (1.0 - r.mean / t.mean) * 100.0)
+                } else {
+                    format!("RUDP {:.0}% higher", (r.mean / t.mean - 1.0) * 100.0)
+                },
                 t.max / r.max
             );
         }

@@ -104,14 +104,11 @@ impl Shared {
         }
     }
 
-    /// Dispatches every pending endpoint event to whoever waits for it;
-    /// true if there was any.
-    fn dispatch(&self) -> bool {
-        let mut any = false;
+    /// Dispatches every pending endpoint event to whoever waits for it.
+    fn dispatch(&self) {
         loop {
             let ev = self.ep.borrow_mut().poll_event();
-            let Some(ev) = ev else { return any };
-            any = true;
+            let Some(ev) = ev else { return };
             match ev {
                 Event::Connected(id) => {
                     let mut conns = self.conns.borrow_mut();

@@ -42,14 +42,6 @@ pub(crate) struct IoSource<S: Source + AsRawFd> {
     _not_send: PhantomData<Rc<()>>,
 }
 
-/// The error a blocking call gets on a loop thread outside any coroutine.
-fn outside_coroutine_error() -> io::Error {
-    io::Error::other(
-        "libnet: blocking socket operation on an event-loop thread outside a coroutine \
-         (it would stall the loop); call it from a coroutine",
-    )
-}
-
 /// The error an operation gets when its timeout expires.
 pub(crate) fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "operation timed out")
@@ -192,7 +184,7 @@ impl<S: Source + AsRawFd> IoSource<S> {
         match core::current() {
             Some(core) => {
                 if !core::in_coroutine() {
-                    return Err(outside_coroutine_error());
+                    return Err(crate::runtime::outside_coroutine_error());
                 }
                 if core.stopping() {
                     return Err(core::shutdown_error());

@@ -55,17 +55,14 @@ const CANCELLED: &str = "libnet: coroutine cancelled by runtime shutdown";
 impl<T> Completion<T> {
     /// Runs `f`, catching its panic, and delivers the outcome.
     pub(crate) fn run(mut self, f: impl FnOnce() -> T) {
-        let r = panic::catch_unwind(AssertUnwindSafe(f));
-        if let Err(p) = r {
-            if is_stopping() {
+        match panic::catch_unwind(AssertUnwindSafe(f)) {
+            Err(p) if is_stopping() => {
                 // A forced unwind at shutdown: report cancellation, then let
                 // the unwind continue to the coroutine root as it must.
                 self.deliver(Err(Box::new(CANCELLED)));
                 panic::resume_unwind(p);
             }
-            self.deliver(Err(p));
-        } else if let Ok(v) = r {
-            self.deliver(Ok(v));
+            r => self.deliver(r),
         }
     }
 

@@ -457,9 +457,7 @@ impl Waker {
 pub(crate) fn current_waker() -> stdio::Result<Waker> {
     let w = core::with_current(|c| {
         if !core::in_coroutine() {
-            return Err(stdio::Error::other(
-                "libnet: blocking call on an event-loop thread outside a coroutine",
-            ));
+            return Err(outside_coroutine_error());
         }
         if c.stopping() {
             return Err(core::shutdown_error());
@@ -478,9 +476,7 @@ pub(crate) fn current_waker() -> stdio::Result<Waker> {
 pub(crate) fn park_current(deadline: Option<Instant>) -> stdio::Result<()> {
     let parked = core::with_current(|c| {
         if !core::in_coroutine() {
-            return Err(stdio::Error::other(
-                "libnet: blocking call on an event-loop thread outside a coroutine",
-            ));
+            return Err(outside_coroutine_error());
         }
         c.park_until(deadline)
     });
@@ -494,6 +490,15 @@ pub(crate) fn park_current(deadline: Option<Instant>) -> stdio::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The error a blocking call gets on an event-loop thread outside any
+/// coroutine, where waiting would stall every coroutine of the loop.
+pub(crate) fn outside_coroutine_error() -> stdio::Error {
+    stdio::Error::other(
+        "libnet: blocking call on an event-loop thread outside a coroutine \
+         (it would stall the loop); call it from a coroutine",
+    )
 }
 
 /// Best-effort text of a panic payload.
