@@ -618,3 +618,34 @@ fn a_loop_with_many_sockets_serves_them_fairly() {
         });
     });
 }
+
+/// A writer that fills its send buffer must be woken when the peer drains
+/// it. The reader here starts late, so the writer surely waits for
+/// writability, on a loop of its own where nothing else could wake it.
+#[test]
+fn a_writer_waiting_for_buffer_space_resumes_when_the_peer_reads() {
+    bounded(Duration::from_secs(30), || {
+        const TOTAL: usize = 32 << 20;
+        let listener = std::net::TcpListener::bind(V4_ANY_PORT).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let writer = thread::spawn(move || {
+            run_on(1, move || {
+                let mut c = TcpStream::connect(addr).expect("connect");
+                let buf = vec![0xa5u8; 256 << 10];
+                for _ in 0..TOTAL / buf.len() {
+                    c.write_all(&buf).expect("write");
+                }
+            })
+        });
+        let (mut s, _) = listener.accept().expect("accept");
+        thread::sleep(Duration::from_millis(300));
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < TOTAL {
+            let n = s.read(&mut buf).expect("read");
+            assert!(n > 0, "EOF after {got} of {TOTAL} bytes");
+            got += n;
+        }
+        writer.join().expect("writer");
+    });
+}

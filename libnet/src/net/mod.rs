@@ -7,7 +7,7 @@
 //! over the runtime's loops.
 
 mod tcp;
-mod udp;
+pub(crate) mod udp;
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};

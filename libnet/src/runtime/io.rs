@@ -38,6 +38,8 @@ pub(crate) struct IoSource<S: Source + AsRawFd> {
     source: S,
     /// Set on the first wait inside a coroutine.
     reg: OnceCell<Registration>,
+    /// Poll for writability only while a coroutine waits for it (UDP).
+    write_on_demand: bool,
     /// Keeps the type on its thread.
     _not_send: PhantomData<Rc<()>>,
 }
@@ -52,7 +54,17 @@ impl<S: Source + AsRawFd> IoSource<S> {
         IoSource {
             source,
             reg: OnceCell::new(),
+            write_on_demand: false,
             _not_send: PhantomData,
+        }
+    }
+
+    /// Like [`IoSource::new`], but the loop polls for writability only
+    /// while a coroutine waits for it (see `Reactor::register`).
+    pub(crate) fn with_write_on_demand(source: S) -> IoSource<S> {
+        IoSource {
+            write_on_demand: true,
+            ..IoSource::new(source)
         }
     }
 
@@ -108,6 +120,20 @@ impl<S: Source + AsRawFd> IoSource<S> {
         dir: Direction,
         op: impl FnOnce(&S) -> io::Result<R>,
     ) -> io::Result<R> {
+        self.try_io_with(dir, op, |_| false)
+    }
+
+    /// [`IoSource::try_io`] where a success can also tell that the socket is
+    /// now exhausted (e.g. `recvmmsg` returned fewer datagrams than it had
+    /// room for), which saves the syscall that would only say `WouldBlock`.
+    /// Safe with edge-triggered polling: anything arriving after `op` raises
+    /// a new event, which sets the readiness again.
+    pub(crate) fn try_io_with<R>(
+        &self,
+        dir: Direction,
+        op: impl FnOnce(&S) -> io::Result<R>,
+        exhausted: impl FnOnce(&R) -> bool,
+    ) -> io::Result<R> {
         let reg = self
             .reg
             .get()
@@ -116,8 +142,12 @@ impl<S: Source + AsRawFd> IoSource<S> {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let r = op(&self.source);
-        if let (Err(e), Some(reg)) = (&r, reg) {
-            if e.kind() == io::ErrorKind::WouldBlock {
+        if let Some(reg) = reg {
+            let done = match &r {
+                Ok(v) => exhausted(v),
+                Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            };
+            if done {
                 reg.core.reactor.clear_ready(reg.token, dir);
             }
         }
@@ -190,6 +220,11 @@ impl<S: Source + AsRawFd> IoSource<S> {
                     return Err(core::shutdown_error());
                 }
                 let token = self.token_for(&core)?;
+                let _write = if dir == Direction::Write {
+                    WriteInterest::new(&core, &self.source, token)?
+                } else {
+                    None
+                };
                 core.reactor.add_waiter(token, dir, core.waiter());
                 core.park_until(deadline)
             }
@@ -209,7 +244,9 @@ impl<S: Source + AsRawFd> IoSource<S> {
         }
         // `register` needs `&mut S`; the source is only borrowed shared here,
         // so register through a by-fd view of the same socket.
-        let token = core.reactor.register(&mut SourceRef(&self.source))?;
+        let token = core
+            .reactor
+            .register(&mut SourceRef(&self.source), self.write_on_demand)?;
         let _ = self.reg.set(Registration {
             core: core.clone(),
             token,
@@ -223,6 +260,35 @@ impl Drop for Registration {
         // Closing the descriptor takes it out of the poller; only the
         // reactor's bookkeeping needs freeing.
         self.core.reactor.forget(self.token);
+    }
+}
+
+/// Writability events for one wait of a write-on-demand socket; dropping
+/// it (also when shutdown unwinds the waiting coroutine) turns them off.
+struct WriteInterest<'a, S: AsRawFd> {
+    core: &'a Core,
+    source: &'a S,
+    token: usize,
+}
+
+impl<'a, S: AsRawFd> WriteInterest<'a, S> {
+    fn new(core: &'a Core, source: &'a S, token: usize) -> io::Result<Option<Self>> {
+        let counted = core.reactor.want_write(&mut SourceRef(source), token)?;
+        // `then`, not `then_some`: a guard built and dropped when nothing was
+        // counted would turn writability events off for a socket that needs them.
+        Ok(counted.then(|| WriteInterest {
+            core,
+            source,
+            token,
+        }))
+    }
+}
+
+impl<S: AsRawFd> Drop for WriteInterest<'_, S> {
+    fn drop(&mut self) {
+        self.core
+            .reactor
+            .done_write(&mut SourceRef(self.source), self.token);
     }
 }
 

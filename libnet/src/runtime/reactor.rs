@@ -63,6 +63,11 @@ struct IoState {
     readers: Vec<LocalWaiter>,
     /// Coroutines waiting for writability.
     writers: Vec<LocalWaiter>,
+    /// Registered for writability only while someone waits for it (see
+    /// [`Reactor::register`]).
+    write_on_demand: bool,
+    /// Waits that asked for writability events (with `write_on_demand`).
+    write_waits: u32,
 }
 
 /// See the module docs.
@@ -87,18 +92,34 @@ impl Reactor {
         }
     }
 
-    /// Registers `source` for both directions, edge-triggered; returns its token.
-    pub(crate) fn register(&self, source: &mut impl Source) -> io::Result<usize> {
+    /// Registers `source`, edge-triggered; returns its token. With
+    /// `write_on_demand` it is registered for readability only, and for
+    /// writability just while a coroutine waits for it
+    /// ([`Reactor::want_write`]): a UDP socket signals "writable" each time
+    /// a datagram it sent leaves its buffer, which would otherwise cost the
+    /// loop a wake-up per send.
+    pub(crate) fn register(
+        &self,
+        source: &mut impl Source,
+        write_on_demand: bool,
+    ) -> io::Result<usize> {
         let token = self.ios.borrow_mut().insert(IoState {
             ready: READ_READY | WRITE_READY,
             readers: Vec::new(),
             writers: Vec::new(),
+            write_on_demand,
+            write_waits: 0,
         });
-        let res = self.poll.borrow().registry().register(
-            source,
-            Token(token),
-            Interest::READABLE | Interest::WRITABLE,
-        );
+        let interests = if write_on_demand {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        let res = self
+            .poll
+            .borrow()
+            .registry()
+            .register(source, Token(token), interests);
         if let Err(e) = res {
             self.ios.borrow_mut().remove(token);
             return Err(e);
@@ -128,6 +149,43 @@ impl Reactor {
     pub(crate) fn clear_ready(&self, token: usize, dir: Direction) {
         if let Some(io) = self.ios.borrow_mut().get_mut(token) {
             io.ready &= !bit(dir);
+        }
+    }
+
+    /// A coroutine is about to wait for `token` to become writable: turns
+    /// writability events on if the socket gets them only on demand.
+    /// Returns whether the caller must call [`Reactor::done_write`] after.
+    pub(crate) fn want_write(&self, source: &mut impl Source, token: usize) -> io::Result<bool> {
+        let mut ios = self.ios.borrow_mut();
+        let Some(io) = ios.get_mut(token).filter(|io| io.write_on_demand) else {
+            return Ok(false);
+        };
+        if io.write_waits == 0 {
+            // Re-arming reports the current state, so a socket that became
+            // writable before this call still raises its event.
+            self.poll.borrow().registry().reregister(
+                source,
+                Token(token),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+        }
+        io.write_waits += 1;
+        Ok(true)
+    }
+
+    /// Ends a wait [`Reactor::want_write`] counted; the last one turns
+    /// writability events off again.
+    pub(crate) fn done_write(&self, source: &mut impl Source, token: usize) {
+        let mut ios = self.ios.borrow_mut();
+        let Some(io) = ios.get_mut(token) else { return };
+        io.write_waits = io.write_waits.saturating_sub(1);
+        if io.write_waits == 0 {
+            // Failure leaves writability on: more wake-ups, nothing lost.
+            let _ =
+                self.poll
+                    .borrow()
+                    .registry()
+                    .reregister(source, Token(token), Interest::READABLE);
         }
     }
 
