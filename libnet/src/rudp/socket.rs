@@ -27,12 +27,16 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::proto::{self, CloseReason, Config, ConnId, Endpoint, Event};
+use crate::net::udp::{Batch, RecvBuf};
 use crate::net::{SocketBuilder, UdpSocket};
 use crate::runtime::{current_waker, park_current, Waker};
 use crate::time::{clock_now, deadline_after};
 
-/// Most datagrams the driver takes in one go before letting others run.
-const RECV_BATCH: usize = 256;
+/// Most receive calls (each up to 8 × 64 KiB) the driver makes in one go
+/// before letting others run.
+const RECV_BATCH: usize = 32;
+/// Largest batch (datagrams) whose ACKs wait for the woken readers' replies.
+const PIGGYBACK_BATCH: usize = 4;
 /// Raw datagrams kept for `recv_raw` before the oldest are dropped.
 const RAW_QUEUE: usize = 1024;
 /// Incoming connections kept for `accept` before new ones are aborted.
@@ -60,6 +64,10 @@ struct ConnState {
 struct Shared {
     /// The one UDP socket.
     socket: UdpSocket,
+    /// Batched IO on it (GSO/GRO where the kernel has them).
+    batch: Batch,
+    /// Scratch space `transmit` glues datagrams together in.
+    gso_buf: Cell<Vec<u8>>,
     /// The protocol state machine.
     ep: RefCell<Endpoint>,
     /// Application-side state per connection.
@@ -85,16 +93,43 @@ struct Shared {
 }
 
 impl Shared {
-    /// Sends everything the endpoint has queued. Errors other than a full
-    /// buffer are logged: UDP is lossy anyway and KCP retransmits.
+    /// Sends everything the endpoint has queued. Runs of datagrams to one
+    /// destination with one size (the last may be shorter) leave in one
+    /// segmented send. Errors are logged: UDP is lossy anyway and KCP
+    /// retransmits.
     fn transmit(&self) {
+        let mut buf = self.gso_buf.take();
+        let (max_segs, max_bytes) = (self.batch.max_segments(), self.batch.max_bytes());
+        // The run being glued: destination, segment size, segment count.
+        let mut run: Option<(SocketAddr, usize, usize)> = None;
         loop {
             let t = self.ep.borrow_mut().poll_transmit();
-            let Some(t) = t else { return };
-            if let Err(e) = self.socket.send_to(&t.data, t.to) {
-                log::debug!("rudp: send to {} failed: {e}", t.to);
+            if let (Some((to, size, n)), Some(t)) = (&mut run, &t) {
+                let len = t.data.len();
+                let last_full = buf.len() == *n * *size;
+                if t.to == *to
+                    && len <= *size
+                    && last_full
+                    && *n < max_segs
+                    && buf.len() + len <= max_bytes
+                {
+                    buf.extend_from_slice(&t.data);
+                    *n += 1;
+                    continue;
+                }
             }
+            if let Some((to, size, n)) = run.take() {
+                let segment = (n > 1).then_some(size);
+                if let Err(e) = self.batch.send(&self.socket, to, &buf, segment) {
+                    log::debug!("rudp: send to {to} failed: {e}");
+                }
+                buf.clear();
+            }
+            let Some(t) = t else { break };
+            buf.extend_from_slice(&t.data);
+            run = Some((t.to, t.data.len(), 1));
         }
+        self.gso_buf.set(buf);
     }
 
     /// Wakes the driver so it picks up new deadlines and events.
@@ -105,10 +140,12 @@ impl Shared {
     }
 
     /// Dispatches every pending endpoint event to whoever waits for it.
-    fn dispatch(&self) {
+    /// Returns whether it woke a reader.
+    fn dispatch(&self) -> bool {
+        let mut woke_reader = false;
         loop {
             let ev = self.ep.borrow_mut().poll_event();
-            let Some(ev) = ev else { return };
+            let Some(ev) = ev else { return woke_reader };
             match ev {
                 Event::Connected(id) => {
                     let mut conns = self.conns.borrow_mut();
@@ -144,6 +181,7 @@ impl Shared {
                 }
                 Event::Readable(id) => {
                     if let Some(c) = self.conns.borrow_mut().get_mut(&id) {
+                        woke_reader |= c.reader.is_some();
                         wake(&mut c.reader);
                     }
                 }
@@ -209,11 +247,22 @@ fn wake(slot: &mut Option<Waker>) {
     }
 }
 
+/// Ends the endpoint's batch and sends what that produced, when dropped.
+struct EndBatch<'a>(&'a Shared);
+
+impl Drop for EndBatch<'_> {
+    fn drop(&mut self) {
+        self.0.ep.borrow_mut().end_batch(clock_now());
+        self.0.transmit();
+    }
+}
+
 /// The driver coroutine (see the module docs).
 fn drive(shared: Rc<Shared>) {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = RecvBuf::new();
     loop {
         let mut drained = true;
+        let mut received = 0usize;
         // One batch: every datagram is input first, each connection is
         // flushed once at the end (see `Endpoint::begin_batch`).
         shared.ep.borrow_mut().begin_batch();
@@ -222,12 +271,14 @@ fn drive(shared: Rc<Shared>) {
                 drained = false;
                 break;
             }
-            match shared.socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    shared
-                        .ep
-                        .borrow_mut()
-                        .handle_datagram(from, &buf[..n], clock_now());
+            match shared.batch.recv(&shared.socket, &mut buf) {
+                Ok(()) => {
+                    let now = clock_now();
+                    let mut ep = shared.ep.borrow_mut();
+                    for (from, data) in buf.datagrams() {
+                        ep.handle_datagram(from, data, now);
+                        received += 1;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -239,12 +290,19 @@ fn drive(shared: Rc<Shared>) {
                 }
             }
         }
-        // Flush the batch (ACKs included) before waking anyone. Letting the
-        // woken coroutines run first would let a reply carry the ACKs, but
-        // an application that reads its last bytes and ends its runtime
-        // then never sends them, and the peer's close hangs.
+        // After a small batch (requests, not a bulk stream, whose sender
+        // waits for the ACKs), readers woken by it run before it is
+        // flushed, so a reply they send carries the batch's ACKs: one packet
+        // instead of two per request. The guard flushes in any case, also when the runtime
+        // unwinds the driver at shutdown while it yields here (an
+        // application that reads its last bytes and exits must still ACK
+        // them, or the peer's close never completes).
+        let flush = EndBatch(&shared);
+        if shared.dispatch() && received <= PIGGYBACK_BATCH {
+            crate::yield_now();
+        }
+        drop(flush);
         let now = clock_now();
-        shared.ep.borrow_mut().end_batch(now);
         let due = shared.ep.borrow().poll_timeout();
         if due.is_some_and(|d| d <= now) {
             shared.ep.borrow_mut().handle_timeout(now);
@@ -322,9 +380,12 @@ impl RudpSocket {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let seed = random_seed(&socket);
+        let batch = Batch::new(&socket)?;
         let max_message = config.max_message;
         let shared = Rc::new(Shared {
             socket,
+            batch,
+            gso_buf: Cell::new(Vec::new()),
             ep: RefCell::new(Endpoint::new(config, seed, clock_now())),
             conns: RefCell::new(HashMap::new()),
             accepted: RefCell::new(VecDeque::new()),
