@@ -281,11 +281,17 @@ impl Batch {
         data: &[u8],
         segment: Option<usize>,
     ) -> io::Result<()> {
+        let segment = segment.filter(|&s| s < data.len());
+        if segment.is_none() {
+            // One datagram: a plain sendto, without the control message
+            // quinn-udp always attaches (cheaper for the kernel).
+            return socket.send_to(data, to).map(drop);
+        }
         let t = quinn_udp::Transmit {
             destination: to,
             ecn: None,
             contents: data,
-            segment_size: segment.filter(|&s| s < data.len()),
+            segment_size: segment,
             src_ip: None,
         };
         socket
