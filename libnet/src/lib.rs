@@ -35,6 +35,7 @@
 compile_error!("libnet currently supports Unix targets (epoll, kqueue) only");
 
 pub mod net;
+pub mod p2p;
 pub mod rudp;
 pub mod runtime;
 pub mod sync;
