@@ -34,6 +34,7 @@
 #[cfg(not(unix))]
 compile_error!("libnet currently supports Unix targets (epoll, kqueue) only");
 
+pub mod nat;
 pub mod net;
 pub mod p2p;
 pub mod rudp;

@@ -1,13 +1,16 @@
 //! The P2P layer: the wire protocol that trackers, edges, sources and peers
-//! speak ([`wire`]), and the tracker's registry of who is in which room
-//! ([`registry`]). Both are sans-IO: bytes and time in, bytes, events and
+//! speak ([`wire`]), the tracker's registry of who is in which room
+//! ([`registry`]), the tracker server ([`tracker`]) and its client
+//! ([`client`]). Both are sans-IO: bytes and time in, bytes, events and
 //! deadlines out; the coroutine drivers on top stay thin.
 //!
 //! The types here are the vocabulary both share.
 
 use std::net::SocketAddr;
 
+pub mod client;
 pub mod registry;
+pub mod tracker;
 pub mod wire;
 
 /// A room (the original's "session"): one live stream and its viewers.

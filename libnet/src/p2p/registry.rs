@@ -93,8 +93,6 @@ struct Entry {
 #[derive(Clone, Debug)]
 struct Remote {
     info: NodeInfo,
-    /// The tracker that reported it.
-    tracker: NodeId,
     expires: Instant,
 }
 
@@ -327,33 +325,25 @@ impl Registry {
             .collect()
     }
 
-    /// Replaces what linked tracker `tracker` reported: its nodes, kept for
-    /// one TTL unless reported again. Nodes also registered here are
-    /// ignored (the local entry is authoritative). Returns how many were
-    /// kept (the rest did not fit in `max_remote`).
-    pub fn merge_remote(&mut self, tracker: NodeId, nodes: &[NodeInfo], now: Instant) -> usize {
-        let stale: Vec<NodeId> = self
-            .remote
-            .iter()
-            .filter(|(_, r)| r.tracker == tracker)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in stale {
-            if let Some(r) = self.remote.remove(&id) {
-                self.deadlines.remove(&(r.expires, Due::Remote(id)));
-            }
-        }
+    /// Takes nodes a linked tracker reported (gossip may come in
+    /// several frames): each is kept for one TTL unless reported again.
+    /// Nodes also registered here are ignored (the local entry is
+    /// authoritative). Returns how many were kept (the rest did not fit in
+    /// `max_remote`).
+    pub fn merge_remote(&mut self, nodes: &[NodeInfo], now: Instant) -> usize {
         let expires = now + self.config.ttl;
         let mut kept = 0;
         for n in nodes {
-            if self.nodes.contains_key(&n.id) || self.remote.len() >= self.config.max_remote {
+            if self.nodes.contains_key(&n.id) {
+                continue;
+            }
+            if !self.remote.contains_key(&n.id) && self.remote.len() >= self.config.max_remote {
                 continue;
             }
             if let Some(old) = self.remote.insert(
                 n.id,
                 Remote {
                     info: n.clone(),
-                    tracker,
                     expires,
                 },
             ) {
@@ -630,16 +620,17 @@ mod tests {
         let t = Instant::now();
         let mut r = Registry::new(cfg(), 1);
         let theirs = [node(10, Role::Edge, 7, 0), node(11, Role::Peer, 7, 4)];
-        assert_eq!(r.merge_remote(99, &theirs, t), 2);
+        assert_eq!(r.merge_remote(&theirs, t), 2);
         assert!(r.room_exists(7));
         r.register(node(1, Role::Peer, 7, 2), b"", t)
             .expect("joins a room served by a linked tracker");
         assert_eq!(ids(&r.nodes(7, Strategy::MinWorkload, 9, 0)), [10, 1, 11]);
-        // A new report replaces the old one.
-        r.merge_remote(99, &theirs[..1], t + Duration::from_secs(60));
-        assert_eq!(ids(&r.nodes(7, Strategy::MinWorkload, 9, 0)), [10, 1]);
+        // Reported again, a node stays; one no longer reported goes stale.
+        r.merge_remote(&theirs[..1], t + Duration::from_secs(60));
         r.update(1, 2, NatType::Unknown, t + Duration::from_secs(100))
             .expect("heartbeat");
+        r.expire(t + Duration::from_secs(150));
+        assert_eq!(ids(&r.nodes(7, Strategy::MinWorkload, 9, 0)), [10, 1]);
         r.expire(t + Duration::from_secs(180));
         assert_eq!(ids(&r.nodes(7, Strategy::MinWorkload, 9, 0)), [1]);
     }

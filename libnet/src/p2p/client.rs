@@ -1,0 +1,376 @@
+//! The tracker client, in blocking style: one TCP connection, requests
+//! answered in order, notifications (punch requests from other peers)
+//! delivered on their own queue.
+//!
+//! A reader coroutine decodes every frame: replies go to the oldest
+//! waiting request, everything else to the notification queue (bounded; the
+//! oldest is dropped and counted when a caller does not keep up).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::wire::{Decoder, ErrorCode, Message};
+use super::{NatType, NodeId, NodeInfo, Role, RoomId, Strategy};
+use crate::net::{TcpStream, UdpSocket};
+use crate::sync::oneshot;
+use crate::time::deadline_after;
+
+/// Notifications kept for [`TrackerClient::next_notification`].
+const NOTES: usize = 256;
+/// Requests in flight at once.
+const PENDING: usize = 64;
+
+/// What the client shares with its reader coroutine.
+struct Shared {
+    pending: RefCell<VecDeque<oneshot::Sender<Message>>>,
+    notes: RefCell<VecDeque<Message>>,
+    note_waiter: RefCell<Option<crate::runtime::Waker>>,
+    dropped: Cell<u64>,
+    /// Set when the connection ended, with why.
+    closed: RefCell<Option<String>>,
+}
+
+/// A connection to a tracker.
+pub struct TrackerClient {
+    conn: Rc<TcpStream>,
+    shared: Rc<Shared>,
+    timeout: Duration,
+    tracker: SocketAddr,
+}
+
+/// What the tracker answered to [`TrackerClient::hello`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// Our UDP address as the tracker will tell others.
+    pub public: Option<SocketAddr>,
+    /// The tracker's identity.
+    pub tracker: NodeId,
+}
+
+/// How a node introduces itself.
+#[derive(Clone, Debug)]
+pub struct Hello {
+    /// Its identity.
+    pub node: NodeId,
+    /// Edge, source or peer.
+    pub role: Role,
+    /// The room it joins.
+    pub room: RoomId,
+    /// Its UDP address on its own network.
+    pub local: SocketAddr,
+    /// Its UDP address as a tracker saw it (from [`whoami`]), if known.
+    pub public: Option<SocketAddr>,
+    /// Its load.
+    pub workload: u32,
+    /// Its NAT type.
+    pub nat: NatType,
+    /// The edge key (edges and sources), empty for peers.
+    pub key: Vec<u8>,
+}
+
+impl TrackerClient {
+    /// Connects to the tracker at `addr`; `timeout` bounds the connect and
+    /// every request.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TrackerClient> {
+        let conn = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| io::Error::new(e.kind(), format!("tracker {addr} unreachable: {e}")))?;
+        let _ = conn.set_nodelay(true);
+        let conn = Rc::new(conn);
+        let shared = Rc::new(Shared {
+            pending: RefCell::new(VecDeque::new()),
+            notes: RefCell::new(VecDeque::new()),
+            note_waiter: RefCell::new(None),
+            dropped: Cell::new(0),
+            closed: RefCell::new(None),
+        });
+        {
+            let (conn, shared) = (conn.clone(), shared.clone());
+            drop(crate::spawn(move || read_loop(&conn, &shared)));
+        }
+        Ok(TrackerClient {
+            conn,
+            shared,
+            timeout,
+            tracker: addr,
+        })
+    }
+
+    /// The tracker's TCP address.
+    pub fn tracker_addr(&self) -> SocketAddr {
+        self.tracker
+    }
+
+    /// Registers this node.
+    pub fn hello(&self, h: &Hello) -> io::Result<Welcome> {
+        let m = Message::Hello {
+            node: h.node,
+            role: h.role,
+            room: h.room,
+            local: h.local,
+            public: h.public,
+            workload: h.workload,
+            nat: h.nat,
+            key: h.key.clone(),
+        };
+        match self.request(m)? {
+            Message::HelloReply {
+                public, tracker, ..
+            } => Ok(Welcome { public, tracker }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Up to `max` nodes of `room`, picked by `strategy` (never this node).
+    pub fn nodes(&self, room: RoomId, strategy: Strategy, max: u16) -> io::Result<Vec<NodeInfo>> {
+        match self.request(Message::NodesRequest {
+            room,
+            strategy,
+            max,
+        })? {
+            Message::NodesList { nodes, .. } => Ok(nodes),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The trackers this tracker knows, itself first.
+    pub fn trackers(&self) -> io::Result<Vec<SocketAddr>> {
+        match self.request(Message::TrackersRequest)? {
+            Message::TrackersList { trackers } => Ok(trackers),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Asks for a new room number (sources; needs the edge key).
+    pub fn allocate_room(&self, key: &[u8]) -> io::Result<RoomId> {
+        match self.request(Message::RoomAllocate { key: key.to_vec() })? {
+            Message::RoomAllocated { room } => Ok(room),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The heartbeat: current load and NAT type (no reply).
+    pub fn update(&self, workload: u32, nat: NatType) -> io::Result<()> {
+        self.send(&Message::Update { workload, nat })
+    }
+
+    /// Asks the tracker to tell node `to` that we want to punch through to
+    /// it (it gets a [`Message::PunchNotify`] carrying our addresses).
+    pub fn punch_request(
+        &self,
+        from: NodeId,
+        to: NodeId,
+        room: RoomId,
+        token: u64,
+    ) -> io::Result<()> {
+        self.send(&Message::PunchRequest {
+            from,
+            to,
+            room,
+            token,
+        })
+    }
+
+    /// Says goodbye (the tracker drops this node at once).
+    pub fn bye(&self) -> io::Result<()> {
+        self.send(&Message::Bye)
+    }
+
+    /// The next message the tracker sent on its own (e.g. PunchNotify),
+    /// waiting up to `timeout` (`None`: forever).
+    pub fn next_notification(&self, timeout: Option<Duration>) -> io::Result<Message> {
+        let deadline = timeout.map(deadline_after);
+        loop {
+            if let Some(m) = self.shared.notes.borrow_mut().pop_front() {
+                return Ok(m);
+            }
+            self.check_open()?;
+            *self.shared.note_waiter.borrow_mut() = Some(crate::runtime::current_waker()?);
+            crate::runtime::park_current(deadline)?;
+        }
+    }
+
+    /// Notifications dropped because nobody took them in time.
+    pub fn dropped_notifications(&self) -> u64 {
+        self.shared.dropped.get()
+    }
+
+    fn check_open(&self) -> io::Result<()> {
+        match &*self.shared.closed.borrow() {
+            Some(why) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("tracker {} connection closed: {why}", self.tracker),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, m: &Message) -> io::Result<()> {
+        self.check_open()?;
+        let frame = m.to_frame()?;
+        (&*self.conn).write_all(&frame)
+    }
+
+    /// Sends `m` and waits for its reply (an Error reply becomes an error).
+    fn request(&self, m: Message) -> io::Result<Message> {
+        if self.shared.pending.borrow().len() >= PENDING {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "too many tracker requests in flight",
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        // Queue before sending: the reply may come before `send` returns.
+        self.shared.pending.borrow_mut().push_back(tx);
+        self.send(&m)?;
+        let reply = rx.recv_timeout(self.timeout).map_err(|_| {
+            self.check_open().err().unwrap_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("tracker {} did not answer in time", self.tracker),
+                )
+            })
+        })?;
+        match reply {
+            Message::Error { code, text } => Err(tracker_error(code, &text)),
+            r => Ok(r),
+        }
+    }
+}
+
+impl Drop for TrackerClient {
+    fn drop(&mut self) {
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Replies to requests; everything else is a notification.
+fn is_reply(m: &Message) -> bool {
+    matches!(
+        m,
+        Message::HelloReply { .. }
+            | Message::NodesList { .. }
+            | Message::TrackersList { .. }
+            | Message::RoomAllocated { .. }
+            | Message::Error { .. }
+    )
+}
+
+fn read_loop(conn: &TcpStream, sh: &Shared) {
+    let mut dec = Decoder::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let why = 'outer: loop {
+        let n = match (&*conn).read(&mut buf) {
+            Ok(0) => break "closed by the tracker".to_string(),
+            Ok(n) => n,
+            Err(e) => break e.to_string(),
+        };
+        dec.push(&buf[..n]);
+        loop {
+            match dec.next() {
+                Ok(Some(m)) if is_reply(&m) => {
+                    let waiter = sh.pending.borrow_mut().pop_front();
+                    match waiter {
+                        Some(tx) => {
+                            let _ = tx.send(m);
+                        }
+                        // An Error nobody asked for: keep it as a notification.
+                        None => push_note(sh, m),
+                    }
+                }
+                Ok(Some(m)) => push_note(sh, m),
+                Ok(None) => break,
+                Err(e) => break 'outer format!("malformed frame from the tracker: {e}"),
+            }
+        }
+    };
+    *sh.closed.borrow_mut() = Some(why);
+    // Dropping the senders fails every waiting request.
+    sh.pending.borrow_mut().clear();
+    if let Some(w) = sh.note_waiter.borrow_mut().take() {
+        w.wake();
+    }
+}
+
+fn push_note(sh: &Shared, m: Message) {
+    let mut notes = sh.notes.borrow_mut();
+    if notes.len() >= NOTES {
+        notes.pop_front();
+        sh.dropped.set(sh.dropped.get() + 1);
+    }
+    notes.push_back(m);
+    drop(notes);
+    if let Some(w) = sh.note_waiter.borrow_mut().take() {
+        w.wake();
+    }
+}
+
+fn unexpected(m: &Message) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unexpected reply from the tracker: {m:?}"),
+    )
+}
+
+fn tracker_error(code: u16, text: &str) -> io::Error {
+    let kind = match ErrorCode::from_code(code) {
+        Some(ErrorCode::BadKey) => io::ErrorKind::PermissionDenied,
+        Some(ErrorCode::UnknownRoom | ErrorCode::NotRegistered) => io::ErrorKind::NotFound,
+        Some(ErrorCode::TooMany) => io::ErrorKind::OutOfMemory,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, format!("tracker: {text}"))
+}
+
+/// Asks the tracker at `server` (UDP) how it sees `sock`: our public
+/// address through any NAT. Retries every 200 ms until `timeout`.
+pub fn whoami(sock: &UdpSocket, server: SocketAddr, timeout: Duration) -> io::Result<SocketAddr> {
+    let nonce = super::tracker::rand_id();
+    let probe = Message::Whoami {
+        nonce,
+        reply_from_other: false,
+    }
+    .to_frame()?;
+    let deadline = deadline_after(timeout);
+    let mut buf = [0u8; 512];
+    loop {
+        sock.send_to(&probe, server)?;
+        let wait = Duration::from_millis(200)
+            .min(deadline.saturating_duration_since(crate::time::clock_now()));
+        if wait.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from tracker {server} (UDP)"),
+            ));
+        }
+        sock.set_read_timeout(Some(wait))?;
+        loop {
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) if from == server => {
+                    if let Ok(Message::WhoamiReply {
+                        nonce: got,
+                        observed,
+                        ..
+                    }) = Message::decode_frame(&buf[..n])
+                    {
+                        if got == nonce {
+                            sock.set_read_timeout(None)?;
+                            return Ok(observed);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::TimedOut
+                        || e.kind() == io::ErrorKind::WouldBlock =>
+                {
+                    break
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Trackers over loopback: linking and gossip (the original's five linked
+//! trackers), registration and node lists across linked trackers, room
+//! allocation, errors, address discovery over UDP, punch notifications,
+//! garbage on the control port.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use libnet::net::UdpSocket;
+use libnet::p2p::client::{whoami, Hello, TrackerClient};
+use libnet::p2p::tracker::{Config, Tracker};
+use libnet::p2p::wire::Message;
+use libnet::p2p::{registry, NatType, Role, Strategy};
+use libnet::time::sleep;
+use libnet_tests::{bounded, run_on};
+
+const KEY: &[u8] = b"test-edge-key";
+const T: Duration = Duration::from_secs(5);
+
+fn any() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("valid")
+}
+
+fn start(links: Vec<SocketAddr>) -> Tracker {
+    Tracker::start(Config {
+        tcp: any(),
+        udp: any(),
+        udp_alt: Some(any()),
+        links,
+        gossip: Duration::from_millis(50),
+        relink: Duration::from_millis(50),
+        registry: registry::Config {
+            edge_key: KEY.to_vec(),
+            ..registry::Config::default()
+        },
+        ..Config::default()
+    })
+    .expect("tracker starts")
+}
+
+fn hello(node: u64, role: Role, room: u32, key: &[u8]) -> Hello {
+    Hello {
+        node,
+        role,
+        room,
+        local: format!("127.0.0.1:{}", 20000 + node)
+            .parse()
+            .expect("valid"),
+        public: None,
+        workload: node as u32,
+        nat: NatType::Unknown,
+        key: key.to_vec(),
+    }
+}
+
+/// Polls `cond` every 20 ms for up to 10 s.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[test]
+fn five_linked_trackers_each_know_the_other_four() {
+    bounded(Duration::from_secs(60), || {
+        run_on(1, || {
+            // A chain: each links to the one before it.
+            let mut trackers: Vec<Tracker> = Vec::new();
+            for i in 0..5 {
+                let links = trackers
+                    .last()
+                    .map(|t| vec![t.tcp_addr()])
+                    .unwrap_or_default();
+                trackers.push(start(links));
+                assert_eq!(trackers[i].tcp_addr().ip().to_string(), "127.0.0.1");
+            }
+            let all: Vec<SocketAddr> = trackers.iter().map(Tracker::tcp_addr).collect();
+            for (i, t) in trackers.iter().enumerate() {
+                eventually(&format!("tracker {i} knows the other four"), || {
+                    let known = t.trackers();
+                    all.iter()
+                        .filter(|&&a| a != t.tcp_addr())
+                        .all(|a| known.contains(a))
+                });
+                assert!(
+                    !t.trackers().contains(&t.tcp_addr()),
+                    "a tracker lists itself"
+                );
+            }
+        });
+    });
+}
+
+#[test]
+fn clients_on_one_tracker_see_the_rooms_of_a_linked_one() {
+    bounded(Duration::from_secs(60), || {
+        run_on(1, || {
+            let t1 = start(Vec::new());
+            let t2 = start(vec![t1.tcp_addr()]);
+            // An edge serves room 42 through tracker 2.
+            let edge = TrackerClient::connect(t2.tcp_addr(), T).expect("edge connects");
+            edge.hello(&hello(7, Role::Edge, 42, KEY))
+                .expect("edge registers");
+            // A viewer on tracker 1 finds it once the trackers have gossiped.
+            let viewer = TrackerClient::connect(t1.tcp_addr(), T).expect("viewer connects");
+            eventually("tracker 1 learns room 42", || {
+                viewer.hello(&hello(8, Role::Peer, 42, b"")).is_ok()
+            });
+            let edges = viewer.nodes(42, Strategy::Edges, 10).expect("node list");
+            assert_eq!(edges.iter().map(|n| n.id).collect::<Vec<_>>(), [7]);
+            assert_eq!(edges[0].role, Role::Edge);
+            let trackers = viewer.trackers().expect("tracker list");
+            assert_eq!(trackers[0], t1.tcp_addr(), "the tracker names itself first");
+            assert!(trackers.contains(&t2.tcp_addr()), "{trackers:?}");
+            // Never the asker.
+            let peers = edge.nodes(42, Strategy::Random, 10).expect("node list");
+            assert!(peers.iter().all(|n| n.id != 7));
+        });
+    });
+}
+
+#[test]
+fn rooms_keys_and_unknown_rooms() {
+    bounded(Duration::from_secs(30), || {
+        run_on(1, || {
+            let t = start(Vec::new());
+            let c = TrackerClient::connect(t.tcp_addr(), T).expect("connect");
+            let e = c.allocate_room(b"wrong").expect_err("bad key refused");
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+            let room = c.allocate_room(KEY).expect("room");
+            assert_ne!(c.allocate_room(KEY).expect("room"), room);
+            let e = c
+                .hello(&hello(3, Role::Peer, room + 1000, b""))
+                .expect_err("unknown room refused");
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+            let e = c
+                .hello(&hello(3, Role::Source, room, b"wrong"))
+                .expect_err("source without the key refused");
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+            c.hello(&hello(3, Role::Source, room, KEY))
+                .expect("source joins");
+            assert_eq!(t.node_count(), 1);
+            c.bye().expect("bye");
+            eventually("the node is gone after bye", || t.node_count() == 0);
+        });
+    });
+}
+
+#[test]
+fn whoami_reports_the_address_the_tracker_sees() {
+    bounded(Duration::from_secs(30), || {
+        run_on(1, || {
+            let t = start(Vec::new());
+            let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let seen = whoami(&sock, t.udp_addr(), T).expect("whoami");
+            assert_eq!(seen, sock.local_addr().expect("addr"));
+            // A probe asking for the other port is answered from it.
+            let probe = Message::Whoami {
+                nonce: 5,
+                reply_from_other: true,
+            }
+            .to_frame()
+            .expect("frame");
+            sock.send_to(&probe, t.udp_addr()).expect("send");
+            sock.set_read_timeout(Some(T)).expect("timeout");
+            let mut buf = [0u8; 512];
+            let (n, from) = sock.recv_from(&mut buf).expect("reply");
+            assert_eq!(Some(from), t.udp_alt_addr());
+            match Message::decode_frame(&buf[..n]).expect("decodes") {
+                Message::WhoamiReply {
+                    nonce, from_other, ..
+                } => assert_eq!((nonce, from_other), (5, true)),
+                other => panic!("unexpected {other:?}"),
+            }
+        });
+    });
+}
+
+#[test]
+fn a_punch_request_reaches_the_other_peer_with_our_addresses() {
+    bounded(Duration::from_secs(30), || {
+        run_on(1, || {
+            let t = start(Vec::new());
+            let edge = TrackerClient::connect(t.tcp_addr(), T).expect("connect");
+            edge.hello(&hello(1, Role::Edge, 9, KEY)).expect("edge");
+            let a = TrackerClient::connect(t.tcp_addr(), T).expect("connect");
+            let b = TrackerClient::connect(t.tcp_addr(), T).expect("connect");
+            a.hello(&hello(2, Role::Peer, 9, b"")).expect("a");
+            b.hello(&hello(3, Role::Peer, 9, b"")).expect("b");
+            a.punch_request(2, 3, 9, 0xabc).expect("punch request");
+            match b.next_notification(Some(T)).expect("notified") {
+                Message::PunchNotify { peer, token } => {
+                    assert_eq!((peer.id, token), (2, 0xabc));
+                    assert_eq!(peer.local.port(), 20002);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            // A punch request on behalf of someone else is refused.
+            a.punch_request(3, 1, 9, 1).expect("sent");
+            let n = a.next_notification(Some(T)).expect("error comes back");
+            assert!(matches!(n, Message::Error { .. }), "{n:?}");
+        });
+    });
+}
+
+#[test]
+fn garbage_on_the_control_port_gets_an_error_and_the_tracker_lives_on() {
+    bounded(Duration::from_secs(30), || {
+        run_on(1, || {
+            let t = start(Vec::new());
+            let mut raw = libnet::net::TcpStream::connect(t.tcp_addr()).expect("connect");
+            raw.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+            let mut got = Vec::new();
+            raw.set_read_timeout(Some(T)).expect("timeout");
+            raw.read_to_end(&mut got).expect("closed after the error");
+            let mut dec = libnet::p2p::wire::Decoder::new();
+            dec.push(&got);
+            assert!(
+                matches!(dec.next(), Ok(Some(Message::Error { .. }))),
+                "expected an Error frame, got {got:?}"
+            );
+            // Others are served as before.
+            let c = TrackerClient::connect(t.tcp_addr(), T).expect("connect");
+            assert_eq!(c.trackers().expect("list"), [t.tcp_addr()]);
+        });
+    });
+}
