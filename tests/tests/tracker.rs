@@ -162,7 +162,7 @@ fn whoami_reports_the_address_the_tracker_sees() {
             // A probe asking for the other port is answered from it.
             let probe = Message::Whoami {
                 nonce: 5,
-                reply_from_other: true,
+                reply_from: libnet::p2p::wire::ReplyFrom::OtherPort,
             }
             .to_frame()
             .expect("frame");

@@ -331,7 +331,7 @@ pub fn whoami(sock: &UdpSocket, server: SocketAddr, timeout: Duration) -> io::Re
     let nonce = super::tracker::rand_id();
     let probe = Message::Whoami {
         nonce,
-        reply_from_other: false,
+        reply_from: super::wire::ReplyFrom::Same,
     }
     .to_frame()?;
     let deadline = deadline_after(timeout);
@@ -373,4 +373,82 @@ pub fn whoami(sock: &UdpSocket, server: SocketAddr, timeout: Duration) -> io::Re
             }
         }
     }
+}
+
+/// Classifies the NAT in front of `sock` and learns its public address
+/// (see [`crate::nat`]): probes the tracker's two UDP ports and, when
+/// `servers.other_ip` is set, asks for an answer from the linked tracker on
+/// another IP. Use the socket that will later punch and carry RUDP, and
+/// bind it to a concrete address (not `0.0.0.0`) so an unNATted host is
+/// recognised as `Open`. Takes about two round trips, plus the retry
+/// timeouts of tests that get no answer.
+pub fn classify_nat(
+    sock: &UdpSocket,
+    servers: crate::nat::Servers,
+    config: crate::nat::Config,
+) -> io::Result<crate::nat::Outcome> {
+    use crate::time::clock_now;
+    let local = sock.local_addr()?;
+    let mut c = crate::nat::Classifier::new(
+        local,
+        servers,
+        config,
+        super::tracker::rand_id(),
+        clock_now(),
+    );
+    let mut buf = [0u8; 512];
+    let result = loop {
+        while let Some(p) = c.poll_probe() {
+            let frame = Message::Whoami {
+                nonce: p.id,
+                reply_from: p.reply_from,
+            }
+            .to_frame()?;
+            if let Err(e) = sock.send_to(&frame, p.to) {
+                log::debug!("nat: probe to {} failed: {e}", p.to);
+            }
+        }
+        if let Some(o) = c.result() {
+            break *o;
+        }
+        let now = clock_now();
+        if c.poll_timeout().is_some_and(|t| t <= now) {
+            c.handle_timeout(now);
+            continue;
+        }
+        let wait = c
+            .poll_timeout()
+            .map_or(Duration::from_millis(200), |t| {
+                t.saturating_duration_since(now)
+            })
+            .max(Duration::from_millis(1));
+        sock.set_read_timeout(Some(wait))?;
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if let Ok(Message::WhoamiReply {
+                    nonce, observed, ..
+                }) = Message::decode_frame(&buf[..n])
+                {
+                    c.handle_reply(nonce, observed, from, clock_now());
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                c.handle_timeout(clock_now());
+            }
+            // An ICMP error from a probe to a closed port: that test just
+            // goes unanswered.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => {
+                sock.set_read_timeout(None)?;
+                return Err(e);
+            }
+        }
+    };
+    sock.set_read_timeout(None)?;
+    Ok(result)
 }

@@ -26,7 +26,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::registry::{self, Registry, RegistryError};
-use super::wire::{self, Decoder, ErrorCode, Message};
+use super::wire::{self, Decoder, ErrorCode, Message, ReplyFrom};
 use super::{NodeId, NodeInfo};
 use crate::net::{TcpListener, TcpStream, UdpSocket};
 use crate::sync::{channel, Receiver, Sender};
@@ -100,6 +100,8 @@ struct State {
     tcp: SocketAddr,
     udp: SocketAddr,
     udp_alt: Option<SocketAddr>,
+    /// The primary UDP socket (answers relayed Whoamis too).
+    udp_sock: Rc<UdpSocket>,
     stopped: Cell<bool>,
 }
 
@@ -119,18 +121,19 @@ impl Tracker {
             None => None,
         };
         let seed = config.id;
+        let udp = Rc::new(udp);
+        let alt = alt.map(Rc::new);
         let state = Rc::new(State {
             reg: RefCell::new(Registry::new(config.registry.clone(), seed)),
             nodes: RefCell::new(HashMap::new()),
             links: RefCell::new(HashMap::new()),
             tcp: listener.local_addr()?,
             udp: udp.local_addr()?,
-            udp_alt: alt.as_ref().map(UdpSocket::local_addr).transpose()?,
+            udp_alt: alt.as_ref().map(|a| a.local_addr()).transpose()?,
+            udp_sock: udp.clone(),
             stopped: Cell::new(false),
             config,
         });
-        let udp = Rc::new(udp);
-        let alt = alt.map(Rc::new);
         spawn_udp(&state, udp.clone(), alt.clone());
         if let Some(alt) = alt {
             spawn_udp(&state, alt, Some(udp));
@@ -221,13 +224,21 @@ fn spawn_udp(st: &Rc<State>, sock: Rc<UdpSocket>, other: Option<Rc<UdpSocket>>) 
             if st.config.verbose {
                 log::info!("tracker: udp {from}: {msg:?}");
             }
-            if let Message::Whoami {
-                nonce,
-                reply_from_other,
-            } = msg
-            {
-                let (via, from_other) = match (&other, reply_from_other) {
-                    (Some(o), true) => (o, true),
+            if let Message::Whoami { nonce, reply_from } = msg {
+                let (via, from_other) = match (&other, reply_from) {
+                    (Some(o), ReplyFrom::OtherPort) => (o, true),
+                    (_, ReplyFrom::OtherIp) => {
+                        // A linked tracker (another IP) answers; without
+                        // one the probe goes unanswered, as it must.
+                        let link = st.links.borrow().values().next().cloned();
+                        if let Some(link) = link {
+                            let _ = link.try_send(Message::WhoamiRelay {
+                                nonce,
+                                observed: from,
+                            });
+                        }
+                        continue;
+                    }
                     _ => (&sock, false),
                 };
                 let reply = Message::WhoamiReply {
@@ -549,6 +560,18 @@ fn handle(
         Message::NodesList { nodes, .. } => {
             if let Peer::Tracker(..) = *peer {
                 st.reg.borrow_mut().merge_remote(&nodes, now);
+            }
+        }
+        Message::WhoamiRelay { nonce, observed } => {
+            if let Peer::Tracker(..) = *peer {
+                let r = Message::WhoamiReply {
+                    nonce,
+                    observed,
+                    from_other: true,
+                };
+                if let Ok(frame) = r.to_frame() {
+                    let _ = st.udp_sock.send_to(&frame, observed);
+                }
             }
         }
         Message::Error { code, text } => {

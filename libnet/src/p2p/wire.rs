@@ -78,6 +78,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use super::{Channel, NatType, NodeId, NodeInfo, Role, RoomId, Strategy};
+pub use crate::nat::ReplyFrom;
 
 /// First byte of every frame.
 pub const MAGIC: u8 = 0xB7;
@@ -140,6 +141,7 @@ const T_PUNCH_PROBE: u8 = 0x34;
 const T_PUNCH_RESULT: u8 = 0x35;
 const T_RELAY_OPEN: u8 = 0x36;
 const T_RELAY_DATA: u8 = 0x37;
+const T_WHOAMI_RELAY: u8 = 0x38;
 
 const T_CHAT_LOGIN: u8 = 0x40;
 const T_CHAT_LOGOUT: u8 = 0x41;
@@ -182,6 +184,7 @@ fn type_name(code: u8) -> Option<&'static str> {
         T_PUNCH_RESULT => "PunchResult",
         T_RELAY_OPEN => "RelayOpen",
         T_RELAY_DATA => "RelayData",
+        T_WHOAMI_RELAY => "WhoamiRelay",
         T_CHAT_LOGIN => "ChatLogin",
         T_CHAT_LOGOUT => "ChatLogout",
         T_CHAT_LIST_REQUEST => "ChatListRequest",
@@ -210,6 +213,25 @@ pub struct ChatUser {
     /// Nodes this user has already punched through to (at most
     /// [`MAX_PUNCHED`]).
     pub punched: Vec<NodeId>,
+}
+
+/// The wire code of a [`ReplyFrom`].
+fn reply_from_code(r: ReplyFrom) -> u8 {
+    match r {
+        ReplyFrom::Same => 0,
+        ReplyFrom::OtherPort => 1,
+        ReplyFrom::OtherIp => 2,
+    }
+}
+
+/// A [`ReplyFrom`] from its wire code.
+fn reply_from_of_code(c: u8) -> Option<ReplyFrom> {
+    Some(match c {
+        0 => ReplyFrom::Same,
+        1 => ReplyFrom::OtherPort,
+        2 => ReplyFrom::OtherIp,
+        _ => return None,
+    })
 }
 
 /// Codes carried by [`Message::Error`]. The field is a plain `u16` so that
@@ -466,9 +488,10 @@ pub enum Message {
     Whoami {
         /// Echoed in the reply.
         nonce: u64,
-        /// Ask for the reply to come from another address or port (tells a
-        /// full-cone NAT from a restricted one).
-        reply_from_other: bool,
+        /// Where the answer should come from: the same socket, the
+        /// tracker's other port, or a linked tracker on another IP (tells
+        /// the NAT kinds apart; see `libnet::nat`).
+        reply_from: ReplyFrom,
     },
     /// 0x31. The answer to `Whoami`.
     WhoamiReply {
@@ -532,6 +555,17 @@ pub enum Message {
         token: u64,
         /// The bytes (bounded by the frame).
         data: Vec<u8>,
+    },
+    /// 0x38. A tracker asks a linked tracker (over their TCP link) to answer
+    /// a `Whoami` that asked for `ReplyFrom::OtherIp`: send a
+    /// `WhoamiReply` with `from_other` set to `observed`, from its own UDP
+    /// socket. Only taken from linked trackers (else a tracker would send
+    /// datagrams anywhere on request).
+    WhoamiRelay {
+        /// The probe's nonce.
+        nonce: u64,
+        /// Where the probe came from (and where the answer goes).
+        observed: SocketAddr,
     },
 
     // --- Chat -------------------------------------------------------------
@@ -617,6 +651,7 @@ impl Message {
             Message::PunchResult { .. } => T_PUNCH_RESULT,
             Message::RelayOpen { .. } => T_RELAY_OPEN,
             Message::RelayData { .. } => T_RELAY_DATA,
+            Message::WhoamiRelay { .. } => T_WHOAMI_RELAY,
             Message::ChatLogin { .. } => T_CHAT_LOGIN,
             Message::ChatLogout => T_CHAT_LOGOUT,
             Message::ChatListRequest => T_CHAT_LIST_REQUEST,
@@ -844,12 +879,9 @@ impl Message {
             }
             Message::RoomAllocate { key } => w.bytes(key)?,
             Message::RoomAllocated { room } => w.u32(*room),
-            Message::Whoami {
-                nonce,
-                reply_from_other,
-            } => {
+            Message::Whoami { nonce, reply_from } => {
                 w.u64(*nonce);
-                w.bool(*reply_from_other);
+                w.u8(reply_from_code(*reply_from));
             }
             Message::WhoamiReply {
                 nonce,
@@ -898,6 +930,10 @@ impl Message {
             Message::RelayData { token, data } => {
                 w.u64(*token);
                 w.bytes(data)?;
+            }
+            Message::WhoamiRelay { nonce, observed } => {
+                w.u64(*nonce);
+                w.addr(observed);
             }
             Message::ChatLogin { name } => w.str(name, MAX_NAME, "name")?,
             Message::ChatList { users } => {
@@ -1626,7 +1662,7 @@ fn decode_payload(code: u8, payload: &[u8]) -> Result<Message, DecodeError> {
         T_BYE => Message::Bye,
         T_WHOAMI => Message::Whoami {
             nonce: r.u64("nonce")?,
-            reply_from_other: r.bool("reply-from-other flag")?,
+            reply_from: r.enum_code("reply-from", reply_from_of_code)?,
         },
         T_WHOAMI_REPLY => Message::WhoamiReply {
             nonce: r.u64("nonce")?,
@@ -1661,6 +1697,10 @@ fn decode_payload(code: u8, payload: &[u8]) -> Result<Message, DecodeError> {
         T_RELAY_DATA => Message::RelayData {
             token: r.u64("token")?,
             data: r.bytes("relay data")?,
+        },
+        T_WHOAMI_RELAY => Message::WhoamiRelay {
+            nonce: r.u64("nonce")?,
+            observed: r.addr("observed address")?,
         },
         T_CHAT_LOGIN => Message::ChatLogin {
             name: r.str(MAX_NAME, "name")?,
@@ -1824,6 +1864,7 @@ mod tests {
         T_PUNCH_RESULT,
         T_RELAY_OPEN,
         T_RELAY_DATA,
+        T_WHOAMI_RELAY,
         T_CHAT_LOGIN,
         T_CHAT_LOGOUT,
         T_CHAT_LIST_REQUEST,
@@ -2052,7 +2093,15 @@ mod tests {
             Message::Bye,
             Message::Whoami {
                 nonce: 8,
-                reply_from_other: true,
+                reply_from: ReplyFrom::OtherPort,
+            },
+            Message::Whoami {
+                nonce: 9,
+                reply_from: ReplyFrom::OtherIp,
+            },
+            Message::WhoamiRelay {
+                nonce: 9,
+                observed: v4(198, 51, 100, 7, 40000),
             },
             Message::WhoamiReply {
                 nonce: 8,
@@ -2213,7 +2262,8 @@ mod tests {
                 | Message::PunchProbe { .. }
                 | Message::PunchResult { .. }
                 | Message::RelayOpen { .. }
-                | Message::RelayData { .. } => 0x30..=0x3F,
+                | Message::RelayData { .. }
+                | Message::WhoamiRelay { .. } => 0x30..=0x3F,
                 Message::ChatLogin { .. }
                 | Message::ChatLogout
                 | Message::ChatListRequest
@@ -2690,12 +2740,12 @@ mod tests {
             })
         ));
         let mut p = vec![0; 8];
-        p.push(2);
+        p.push(3);
         assert!(matches!(
             d(T_WHOAMI, &p),
             Err(E::BadCode {
-                field: "reply-from-other flag",
-                code: 2,
+                field: "reply-from",
+                code: 3,
                 ..
             })
         ));
@@ -2932,10 +2982,12 @@ mod tests {
 
     fn nat_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (any::<u64>(), any::<bool>()).prop_map(|(nonce, reply_from_other)| Message::Whoami {
+            (any::<u64>(), 0u8..3).prop_map(|(nonce, c)| Message::Whoami {
                 nonce,
-                reply_from_other
+                reply_from: reply_from_of_code(c).expect("valid code"),
             }),
+            (any::<u64>(), addr())
+                .prop_map(|(nonce, observed)| Message::WhoamiRelay { nonce, observed }),
             (any::<u64>(), addr(), any::<bool>()).prop_map(|(nonce, observed, from_other)| {
                 Message::WhoamiReply {
                     nonce,
