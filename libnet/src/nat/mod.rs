@@ -98,6 +98,8 @@ use crate::p2p::NatType;
 #[cfg(test)]
 pub(crate) mod sim;
 
+pub mod punch;
+
 /// Where the tracker listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Servers {

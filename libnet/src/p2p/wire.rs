@@ -528,6 +528,9 @@ pub enum Message {
         token: u64,
         /// The sending node.
         from: NodeId,
+        /// The sender has received a probe of this attempt from the
+        /// receiver (so the path works both ways once this arrives).
+        heard: bool,
     },
     /// 0x35. A peer reports an attempt's outcome to the tracker.
     PunchResult {
@@ -907,9 +910,10 @@ impl Message {
                 w.node(peer);
                 w.u64(*token);
             }
-            Message::PunchProbe { token, from } => {
+            Message::PunchProbe { token, from, heard } => {
                 w.u64(*token);
                 w.u64(*from);
+                w.bool(*heard);
             }
             Message::PunchResult {
                 token,
@@ -1682,6 +1686,7 @@ fn decode_payload(code: u8, payload: &[u8]) -> Result<Message, DecodeError> {
         T_PUNCH_PROBE => Message::PunchProbe {
             token: r.u64("token")?,
             from: r.u64("from node")?,
+            heard: r.bool("heard flag")?,
         },
         T_PUNCH_RESULT => Message::PunchResult {
             token: r.u64("token")?,
@@ -2121,6 +2126,7 @@ mod tests {
             Message::PunchProbe {
                 token: 0xABCD,
                 from: 2,
+                heard: true,
             },
             Message::PunchResult {
                 token: 0xABCD,
@@ -3005,8 +3011,8 @@ mod tests {
             ),
             (node_info(), any::<u64>())
                 .prop_map(|(peer, token)| Message::PunchNotify { peer, token }),
-            (any::<u64>(), any::<u64>())
-                .prop_map(|(token, from)| Message::PunchProbe { token, from }),
+            (any::<u64>(), any::<u64>(), any::<bool>())
+                .prop_map(|(token, from, heard)| Message::PunchProbe { token, from, heard }),
             (any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
                 |(token, to, ok, relayed)| Message::PunchResult {
                     token,

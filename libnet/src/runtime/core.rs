@@ -470,7 +470,7 @@ impl Core {
     fn tick_of(&self, t: Instant) -> u64 {
         let d = t.saturating_duration_since(self.origin);
         let ms = d.as_millis() as u64;
-        if d.subsec_nanos() % 1_000_000 != 0 {
+        if !d.subsec_nanos().is_multiple_of(1_000_000) {
             ms + 1
         } else {
             ms
