@@ -452,3 +452,72 @@ pub fn classify_nat(
     sock.set_read_timeout(None)?;
     Ok(result)
 }
+
+/// Punches a hole to `peer` on `sock` (the RUDP socket, so the NAT mapping
+/// the probes open is the one RUDP uses; it needs [`super::rudp_config`]'s
+/// `foreign_magic` so probes travel as plain wire frames) for attempt
+/// `token`; returns the peer's address that works both ways. Raw datagrams
+/// that are not this attempt's probes are dropped while it runs.
+pub fn punch(
+    sock: &crate::rudp::RudpSocket,
+    me: NodeId,
+    peer: crate::nat::punch::PeerAddrs,
+    token: u64,
+    config: crate::nat::punch::Config,
+) -> io::Result<SocketAddr> {
+    use crate::nat::punch::{Outcome, Punch};
+    use crate::time::clock_now;
+    let mut p = Punch::new(token, me, peer, config, clock_now());
+    loop {
+        let now = clock_now();
+        p.handle_timeout(now);
+        for probe in p.poll_probes(now) {
+            let frame = Message::PunchProbe {
+                token: probe.token,
+                from: probe.from,
+                heard: probe.heard,
+            }
+            .to_frame()?;
+            if let Err(e) = sock.send_foreign(probe.to, &frame) {
+                log::debug!("punch: probe to {} failed: {e}", probe.to);
+            }
+        }
+        let Some(next) = p.poll_timeout() else {
+            return match p.outcome() {
+                Some(Outcome::Direct(addr)) => Ok(addr),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("punching to node {:016x} failed", peer.id),
+                )),
+            };
+        };
+        let wait = next.saturating_duration_since(clock_now());
+        if wait.is_zero() {
+            continue;
+        }
+        match sock.recv_raw(Some(wait)) {
+            Ok((from, data)) => {
+                if let Ok(Message::PunchProbe {
+                    token,
+                    from: sender,
+                    heard,
+                }) = Message::decode_frame(&data)
+                {
+                    p.handle_probe(from, token, sender, heard, clock_now());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The peer's addresses as a [`NodeInfo`] from the tracker gives them.
+pub fn peer_addrs(n: &NodeInfo) -> crate::nat::punch::PeerAddrs {
+    crate::nat::punch::PeerAddrs {
+        id: n.id,
+        public: n.public,
+        local: n.local,
+        nat: n.nat,
+    }
+}

@@ -13,6 +13,17 @@ pub mod registry;
 pub mod tracker;
 pub mod wire;
 
+/// The RUDP configuration P2P nodes use: the defaults, plus wire frames
+/// (magic 0xB7) passing beside the connections on the same socket, so
+/// `Whoami` and punch probes use the socket's NAT mapping and a plain UDP
+/// tracker understands them.
+pub fn rudp_config() -> crate::rudp::Config {
+    crate::rudp::Config {
+        foreign_magic: Some(wire::MAGIC),
+        ..crate::rudp::Config::default()
+    }
+}
+
 /// A room (the original's "session"): one live stream and its viewers.
 pub type RoomId = u32;
 

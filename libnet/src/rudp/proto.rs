@@ -272,6 +272,12 @@ pub struct Config {
     /// First HELLO/CONNECT (and CLOSE) retry interval, doubling up to four
     /// times this; default 250 ms.
     pub handshake_retry: Duration,
+    /// First byte of another protocol's datagrams sharing the socket
+    /// (the P2P wire frames start with 0xB7): such datagrams are handed
+    /// over whole as raw datagrams, and [`Endpoint::send_foreign`] sends
+    /// them unwrapped, so a plain UDP peer (a tracker) understands them.
+    /// Must differ from the RUDP magic 0xC5. Default: none.
+    pub foreign_magic: Option<u8>,
 }
 
 impl Default for Config {
@@ -289,6 +295,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(120),
             handshake_timeout: Duration::from_secs(10),
             handshake_retry: Duration::from_millis(250),
+            foreign_magic: None,
         }
     }
 }
@@ -313,6 +320,8 @@ pub enum ConfigError {
     /// `keepalive` is not shorter than `idle_timeout`, so an idle
     /// connection would time out before its first keepalive.
     Keepalive,
+    /// `foreign_magic` is the RUDP magic itself.
+    ForeignMagic,
 }
 
 impl fmt::Display for ConfigError {
@@ -336,6 +345,9 @@ impl fmt::Display for ConfigError {
                     "rudp config: keepalive must be shorter than idle_timeout"
                 )
             }
+            ConfigError::ForeignMagic => {
+                write!(f, "rudp config: foreign_magic must differ from 0xC5")
+            }
         }
     }
 }
@@ -345,6 +357,9 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Checks every field; [`Endpoint::new`] panics on what this rejects.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.foreign_magic == Some(MAGIC) {
+            return Err(ConfigError::ForeignMagic);
+        }
         if !(MIN_MTU..=MAX_DATAGRAM).contains(&self.mtu) {
             return Err(ConfigError::Mtu(self.mtu));
         }
@@ -526,6 +541,9 @@ pub enum Error {
     TooManyConnections,
     /// The remote address has port 0 or an unspecified/multicast IP.
     InvalidAddress,
+    /// `send_foreign` without `foreign_magic` configured, or data that
+    /// does not start with it.
+    NotForeign,
 }
 
 impl fmt::Display for Error {
@@ -537,6 +555,7 @@ impl fmt::Display for Error {
             Error::UnknownConnection => "rudp: unknown connection",
             Error::TooManyConnections => "rudp: too many connections",
             Error::InvalidAddress => "rudp: invalid remote address",
+            Error::NotForeign => "rudp: not a datagram of the configured foreign protocol",
         })
     }
 }
@@ -547,7 +566,9 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         let kind = match e {
             Error::WouldBlock => io::ErrorKind::WouldBlock,
-            Error::TooLarge | Error::InvalidAddress => io::ErrorKind::InvalidInput,
+            Error::TooLarge | Error::InvalidAddress | Error::NotForeign => {
+                io::ErrorKind::InvalidInput
+            }
             Error::Closed => io::ErrorKind::NotConnected,
             Error::UnknownConnection => io::ErrorKind::NotFound,
             Error::TooManyConnections => io::ErrorKind::ResourceBusy,
@@ -1383,12 +1404,36 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Sends `data` as it is: a datagram of the foreign protocol
+    /// (`Config::foreign_magic`) from this socket, for plain UDP peers.
+    pub fn send_foreign(&mut self, to: SocketAddr, data: &[u8]) -> Result<(), Error> {
+        if self.config.foreign_magic.is_none() || data.first() != self.config.foreign_magic.as_ref()
+        {
+            return Err(Error::NotForeign);
+        }
+        if data.len() > MAX_DATAGRAM {
+            return Err(Error::TooLarge);
+        }
+        self.out.push(to, data.to_vec());
+        Ok(())
+    }
+
     // ----- inputs ----------------------------------------------------------
 
     /// Takes one received datagram. Never panics; whatever is not valid is
     /// counted in [`EndpointStats`] and dropped.
     pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
         self.out.stats.datagrams_in += 1;
+        if self.config.foreign_magic.is_some() && data.first() == self.config.foreign_magic.as_ref()
+        {
+            if self.out.raw_pending >= MAX_PENDING_RAW {
+                self.out.stats.raw_dropped += 1;
+            } else {
+                self.out.raw_pending += 1;
+                self.out.events.push_back(Event::Raw(from, data.to_vec()));
+            }
+            return;
+        }
         if data.len() < HEADER_LEN || data[0] != MAGIC || data[1] >> 5 != VERSION {
             self.out.stats.malformed += 1;
             return;
@@ -2107,6 +2152,34 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
     const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn foreign_datagrams_pass_whole_only_when_configured() {
+        let now = Instant::now();
+        let from: SocketAddr = "192.0.2.1:4000".parse().expect("addr");
+        let frame = [0xB7, 1, 0x30, 0, 0, 0, 0, 0];
+        let cfg = Config {
+            foreign_magic: Some(0xB7),
+            ..Config::default()
+        };
+        let mut ep = Endpoint::new(cfg, 1, now);
+        ep.handle_datagram(from, &frame, now);
+        assert_eq!(ep.poll_event(), Some(Event::Raw(from, frame.to_vec())));
+        ep.send_foreign(from, &frame).expect("foreign send");
+        assert_eq!(ep.poll_transmit().map(|t| t.data), Some(frame.to_vec()));
+        assert_eq!(ep.send_foreign(from, &[0xC5, 1]), Err(Error::NotForeign));
+        // Without the setting it is garbage, and nothing may be sent raw.
+        let mut plain = Endpoint::new(Config::default(), 1, now);
+        plain.handle_datagram(from, &frame, now);
+        assert_eq!(plain.poll_event(), None);
+        assert_eq!(plain.endpoint_stats().malformed, 1);
+        assert_eq!(plain.send_foreign(from, &frame), Err(Error::NotForeign));
+        let bad = Config {
+            foreign_magic: Some(MAGIC),
+            ..Config::default()
+        };
+        assert_eq!(bad.validate(), Err(ConfigError::ForeignMagic));
+    }
 
     /// A deterministic byte stream (the same seed gives the same bytes,
     /// however they are cut into messages).

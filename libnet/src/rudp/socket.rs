@@ -437,14 +437,30 @@ impl RudpSocket {
 
     /// Waits for a peer to connect.
     pub fn accept(&self) -> io::Result<(RudpConnection, SocketAddr)> {
+        self.accept_timeout(None)
+    }
+
+    /// Waits for a peer to connect, up to `timeout` (`None`: forever);
+    /// `TimedOut` after that.
+    pub fn accept_timeout(
+        &self,
+        timeout: Option<Duration>,
+    ) -> io::Result<(RudpConnection, SocketAddr)> {
         let sh = &self.shared;
+        let deadline = timeout.map(deadline_after);
         loop {
             if let Some((id, from)) = sh.accepted.borrow_mut().pop_front() {
                 return Ok((RudpConnection::new(sh.acquire(), id, from), from));
             }
             sh.check_running()?;
+            if deadline.is_some_and(|d| clock_now() >= d) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "rudp: no connection arrived in time",
+                ));
+            }
             *sh.acceptor.borrow_mut() = Some(current_waker()?);
-            park_current(None)?;
+            park_current(deadline)?;
         }
     }
 
@@ -452,6 +468,16 @@ impl RudpSocket {
     /// (hence the same NAT mapping); the other side gets it from `recv_raw`.
     pub fn send_raw(&self, to: SocketAddr, data: &[u8]) -> io::Result<()> {
         self.shared.ep.borrow_mut().send_raw(to, data)?;
+        self.shared.transmit();
+        Ok(())
+    }
+
+    /// Sends a datagram of the foreign protocol (`Config::foreign_magic`,
+    /// e.g. P2P wire frames) as it is, from the same socket: for plain UDP
+    /// peers such as a tracker. Foreign datagrams that arrive come out of
+    /// `recv_raw` whole.
+    pub fn send_foreign(&self, to: SocketAddr, data: &[u8]) -> io::Result<()> {
+        self.shared.ep.borrow_mut().send_foreign(to, data)?;
         self.shared.transmit();
         Ok(())
     }
