@@ -9,7 +9,9 @@
 use std::net::SocketAddr;
 
 pub mod client;
+pub mod connect;
 pub mod registry;
+pub mod relay;
 pub mod tracker;
 pub mod wire;
 
