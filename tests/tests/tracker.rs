@@ -230,3 +230,49 @@ fn garbage_on_the_control_port_gets_an_error_and_the_tracker_lives_on() {
         });
     });
 }
+
+#[test]
+fn chat_names_lists_and_punches_are_tracked() {
+    bounded(Duration::from_secs(30), || {
+        run_on(1, || {
+            let t = start(Vec::new());
+            let lobby = libnet::p2p::registry::LOBBY;
+            let a = TrackerClient::connect(t.tcp_addr(), T).expect("connect");
+            let b = TrackerClient::connect(t.tcp_addr(), T).expect("connect");
+            // Chat needs a registered node.
+            assert!(a.chat_login("alice").is_err());
+            a.hello(&hello(21, Role::Peer, lobby, b""))
+                .expect("lobby always exists");
+            b.hello(&hello(22, Role::Peer, lobby, b"")).expect("lobby");
+            let users = a.chat_login("alice").expect("login");
+            assert_eq!(
+                users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+                ["alice"]
+            );
+            let e = b.chat_login("alice").expect_err("a name is taken once");
+            assert!(e.to_string().contains("taken"), "{e}");
+            b.chat_login("bob").expect("login");
+            a.punch_result(5, 22, true, false).expect("report");
+            let users = b.chat_list().expect("list");
+            let alice = users
+                .iter()
+                .find(|u| u.name == "alice")
+                .expect("alice listed");
+            assert_eq!((alice.node, alice.punched.as_slice()), (21, &[22][..]));
+            assert!(
+                alice.ttl_secs > 100 && alice.ttl_secs <= 120,
+                "{}",
+                alice.ttl_secs
+            );
+            let users = a.chat_logout().expect("logout");
+            assert_eq!(
+                users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+                ["bob"]
+            );
+            drop(b);
+            eventually("bob is gone with his connection", || {
+                a.chat_list().is_ok_and(|l| l.is_empty())
+            });
+        });
+    });
+}

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::wire::{Decoder, ErrorCode, Message};
+use super::wire::{ChatUser, Decoder, ErrorCode, Message};
 use super::{NatType, NodeId, NodeInfo, Role, RoomId, Strategy};
 use crate::net::{TcpStream, UdpSocket};
 use crate::sync::oneshot;
@@ -174,6 +174,40 @@ impl TrackerClient {
         })
     }
 
+    /// Logs in to chat as `name` (after [`TrackerClient::hello`], usually in
+    /// the lobby room); returns who is logged in.
+    pub fn chat_login(&self, name: &str) -> io::Result<Vec<ChatUser>> {
+        self.chat_users(Message::ChatLogin { name: name.into() })
+    }
+
+    /// Logs out of chat; returns who is still logged in.
+    pub fn chat_logout(&self) -> io::Result<Vec<ChatUser>> {
+        self.chat_users(Message::ChatLogout)
+    }
+
+    /// Who is logged in to chat (name, node, public address, seconds left,
+    /// whom each has punched through to).
+    pub fn chat_list(&self) -> io::Result<Vec<ChatUser>> {
+        self.chat_users(Message::ChatListRequest)
+    }
+
+    /// Tells the tracker how a punch to `to` ended (it shows in chat lists).
+    pub fn punch_result(&self, token: u64, to: NodeId, ok: bool, relayed: bool) -> io::Result<()> {
+        self.send(&Message::PunchResult {
+            token,
+            to,
+            ok,
+            relayed,
+        })
+    }
+
+    fn chat_users(&self, m: Message) -> io::Result<Vec<ChatUser>> {
+        match self.request(m)? {
+            Message::ChatList { users } => Ok(users),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Says goodbye (the tracker drops this node at once).
     pub fn bye(&self) -> io::Result<()> {
         self.send(&Message::Bye)
@@ -255,6 +289,7 @@ fn is_reply(m: &Message) -> bool {
             | Message::NodesList { .. }
             | Message::TrackersList { .. }
             | Message::RoomAllocated { .. }
+            | Message::ChatList { .. }
             | Message::Error { .. }
     )
 }

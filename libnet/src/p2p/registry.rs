@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 use super::{NatType, NodeId, NodeInfo, Role, RoomId, Strategy};
 
+/// Room 0, the lobby: it always exists and is never allocated. Nodes that
+/// are in no broadcast (the chat tool) register there.
+pub const LOBBY: RoomId = 0;
+
 /// Registry limits and timing.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -230,6 +234,11 @@ impl Registry {
         self.nodes.get(&id).map(|e| &e.info)
     }
 
+    /// When a registered node expires unless heard from.
+    pub fn expires(&self, id: NodeId) -> Option<Instant> {
+        self.nodes.get(&id).map(|e| e.expires)
+    }
+
     /// How many nodes are registered here.
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -248,7 +257,8 @@ impl Registry {
     /// True if `room` has nodes here or on a linked tracker, or was
     /// allocated and not yet joined.
     pub fn room_exists(&self, room: RoomId) -> bool {
-        self.rooms.contains_key(&room)
+        room == LOBBY
+            || self.rooms.contains_key(&room)
             || self.reserved.contains_key(&room)
             || self.remote.values().any(|r| r.info.room == room)
     }
@@ -263,11 +273,12 @@ impl Registry {
         if self.rooms.len() + self.reserved.len() >= self.config.max_rooms {
             return Err(RegistryError::Full);
         }
-        let mut room = self.next_room;
+        let first = self.config.first_room.max(1);
+        let mut room = self.next_room.max(1);
         while self.room_exists(room) {
-            room = room.checked_add(1).unwrap_or(self.config.first_room);
+            room = room.checked_add(1).unwrap_or(first);
         }
-        self.next_room = room.checked_add(1).unwrap_or(self.config.first_room);
+        self.next_room = room.checked_add(1).unwrap_or(first);
         let until = now + self.config.ttl;
         self.reserved.insert(room, until);
         self.deadlines.insert((until, Due::Reservation(room)));

@@ -26,7 +26,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::registry::{self, Registry, RegistryError};
-use super::wire::{self, Decoder, ErrorCode, Message, ReplyFrom};
+use super::wire::{self, ChatUser, Decoder, ErrorCode, Message, ReplyFrom};
 use super::{NodeId, NodeInfo};
 use crate::net::{TcpListener, TcpStream, UdpSocket};
 use crate::sync::{channel, Receiver, Sender};
@@ -97,12 +97,32 @@ struct State {
     nodes: RefCell<HashMap<NodeId, Sender<Message>>>,
     /// Outboxes of linked trackers, by their TCP address.
     links: RefCell<HashMap<SocketAddr, Sender<Message>>>,
+    /// Chat names, and who has punched through to whom.
+    chat: RefCell<Chat>,
     tcp: SocketAddr,
     udp: SocketAddr,
     udp_alt: Option<SocketAddr>,
     /// The primary UDP socket (answers relayed Whoamis too).
     udp_sock: Rc<UdpSocket>,
     stopped: Cell<bool>,
+}
+
+/// Chat state: logged-in names (bounded like the node list) and the
+/// successful punches each node reported.
+#[derive(Default)]
+struct Chat {
+    names: HashMap<String, NodeId>,
+    by_node: HashMap<NodeId, String>,
+    punched: HashMap<NodeId, Vec<NodeId>>,
+}
+
+impl Chat {
+    fn forget(&mut self, id: NodeId) {
+        if let Some(name) = self.by_node.remove(&id) {
+            self.names.remove(&name);
+        }
+        self.punched.remove(&id);
+    }
 }
 
 /// A running tracker; dropping it does not stop it (see [`Tracker::stop`]).
@@ -127,6 +147,7 @@ impl Tracker {
             reg: RefCell::new(Registry::new(config.registry.clone(), seed)),
             nodes: RefCell::new(HashMap::new()),
             links: RefCell::new(HashMap::new()),
+            chat: RefCell::new(Chat::default()),
             tcp: listener.local_addr()?,
             udp: udp.local_addr()?,
             udp_alt: alt.as_ref().map(|a| a.local_addr()).transpose()?,
@@ -312,6 +333,7 @@ fn expiry_loop(st: Rc<State>) {
         for n in gone {
             log::info!("tracker: node {:016x} expired (room {})", n.id, n.room);
             st.nodes.borrow_mut().remove(&n.id);
+            st.chat.borrow_mut().forget(n.id);
         }
     }
 }
@@ -378,6 +400,7 @@ fn serve_conn(st: &Rc<State>, conn: TcpStream, addr: SocketAddr, first: Option<M
         Peer::Node(id) => {
             st.nodes.borrow_mut().remove(&id);
             st.reg.borrow_mut().remove(id);
+            st.chat.borrow_mut().forget(id);
         }
         Peer::Tracker(_, a) => {
             st.links.borrow_mut().remove(&a);
@@ -411,6 +434,33 @@ fn registry_error(e: RegistryError) -> Message {
         RegistryError::Full => ErrorCode::TooMany,
     };
     Message::error(code, &e.to_string())
+}
+
+/// The logged-in chat users, as the tracker knows them now.
+fn chat_list(st: &State) -> Message {
+    let now = clock_now();
+    let chat = st.chat.borrow();
+    let reg = st.reg.borrow();
+    let mut users: Vec<ChatUser> = chat
+        .names
+        .iter()
+        .filter_map(|(name, &node)| {
+            let info = reg.get(node)?;
+            let ttl = reg
+                .expires(node)
+                .map_or(0, |t| t.saturating_duration_since(now).as_secs());
+            Some(ChatUser {
+                name: name.clone(),
+                node,
+                public: info.public,
+                ttl_secs: u32::try_from(ttl).unwrap_or(u32::MAX),
+                punched: chat.punched.get(&node).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    users.truncate(wire::MAX_CHAT_USERS);
+    Message::ChatList { users }
 }
 
 /// Handles one message. `Ok(false)` ends the connection; `Err(())` means
@@ -560,6 +610,44 @@ fn handle(
         Message::NodesList { nodes, .. } => {
             if let Peer::Tracker(..) = *peer {
                 st.reg.borrow_mut().merge_remote(&nodes, now);
+            }
+        }
+        Message::ChatLogin { name } => {
+            let Peer::Node(id) = *peer else {
+                reply(registry_error(RegistryError::NotRegistered))?;
+                return Ok(true);
+            };
+            let mut chat = st.chat.borrow_mut();
+            let taken = chat.names.get(&name).is_some_and(|&n| n != id);
+            if name.is_empty() || taken {
+                drop(chat);
+                reply(Message::error(
+                    ErrorCode::TooMany,
+                    &format!("the name {name:?} is empty or taken"),
+                ))?;
+                return Ok(true);
+            }
+            if let Some(old) = chat.by_node.insert(id, name.clone()) {
+                chat.names.remove(&old);
+            }
+            chat.names.insert(name, id);
+            drop(chat);
+            reply(chat_list(st))?;
+        }
+        Message::ChatLogout => {
+            if let Peer::Node(id) = *peer {
+                st.chat.borrow_mut().forget(id);
+            }
+            reply(chat_list(st))?;
+        }
+        Message::ChatListRequest => reply(chat_list(st))?,
+        Message::PunchResult { to, ok, .. } => {
+            if let (Peer::Node(id), true) = (*peer, ok) {
+                let mut chat = st.chat.borrow_mut();
+                let list = chat.punched.entry(id).or_default();
+                if !list.contains(&to) && list.len() < wire::MAX_PUNCHED {
+                    list.push(to);
+                }
             }
         }
         Message::WhoamiRelay { nonce, observed } => {
