@@ -10,8 +10,10 @@ use std::net::SocketAddr;
 
 pub mod client;
 pub mod connect;
+pub mod peer;
 pub mod registry;
 pub mod relay;
+pub mod store;
 pub mod tracker;
 pub mod wire;
 

@@ -64,22 +64,35 @@ impl Relay {
     /// It takes every connection `accept` returns, so give it a socket of
     /// its own (or build the edge's accept loop around [`Relay::handle`]).
     pub fn start(socket: Rc<RudpSocket>, config: Config) -> Relay {
-        let relay = Relay {
+        let relay = Relay::new(config);
+        let st = relay.state.clone();
+        drop(crate::spawn(move || {
+            while let Ok((conn, _)) = socket.accept() {
+                let st = st.clone();
+                drop(crate::spawn(move || serve(&st, conn, None)));
+            }
+        }));
+        relay
+    }
+
+    /// A relay that serves only the connections handed to it with
+    /// [`Relay::handle`] (for an edge whose accept loop also serves peers).
+    pub fn new(config: Config) -> Relay {
+        Relay {
             state: Rc::new(State {
                 config,
                 waiting: RefCell::new(HashMap::new()),
                 active: Cell::new(0),
                 paired: Cell::new(0),
             }),
-        };
-        let st = relay.state.clone();
-        drop(crate::spawn(move || {
-            while let Ok((conn, _)) = socket.accept() {
-                let st = st.clone();
-                drop(crate::spawn(move || serve(&st, conn)));
-            }
-        }));
-        relay
+        }
+    }
+
+    /// Serves `conn` in a new coroutine; `first` is its first message when
+    /// the caller already read it (to see that it is a `RelayOpen`).
+    pub fn handle(&self, conn: RudpConnection, first: Option<Vec<u8>>) {
+        let st = self.state.clone();
+        drop(crate::spawn(move || serve(&st, conn, first)));
     }
 
     /// Pairs completed since the relay started.
@@ -98,8 +111,12 @@ fn send(conn: &RudpConnection, m: &Message) -> io::Result<()> {
 }
 
 /// One incoming connection: read its RelayOpen, pair it or wait.
-fn serve(st: &Rc<State>, conn: RudpConnection) {
-    let (room, to, token) = match conn.recv() {
+fn serve(st: &Rc<State>, conn: RudpConnection, first: Option<Vec<u8>>) {
+    let first = match first {
+        Some(f) => Ok(Some(f)),
+        None => conn.recv(),
+    };
+    let (room, to, token) = match first {
         Ok(Some(frame)) => match Message::decode_frame(&frame) {
             Ok(Message::RelayOpen { room, to, token }) => (room, to, token),
             Ok(other) => {
