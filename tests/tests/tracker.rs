@@ -200,10 +200,30 @@ fn a_punch_request_reaches_the_other_peer_with_our_addresses() {
                 }
                 other => panic!("unexpected {other:?}"),
             }
-            // A punch request on behalf of someone else is refused.
+            // A punch request on behalf of someone else is refused (an
+            // Error: the sender is not who it says), one to a node that is
+            // not there fails as a notification naming the attempt.
             a.punch_request(3, 1, 9, 1).expect("sent");
             let n = a.next_notification(Some(T)).expect("error comes back");
             assert!(matches!(n, Message::Error { .. }), "{n:?}");
+            a.punch_request(2, 99, 9, 77).expect("sent");
+            let n = a.next_notification(Some(T)).expect("failure comes back");
+            assert!(
+                matches!(
+                    n,
+                    Message::PunchResult {
+                        token: 77,
+                        ok: false,
+                        ..
+                    }
+                ),
+                "{n:?}"
+            );
+            // And waiting for nothing ends at its timeout.
+            let e = a
+                .next_notification(Some(Duration::from_millis(100)))
+                .expect_err("nothing more");
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
         });
     });
 }

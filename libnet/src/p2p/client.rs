@@ -222,6 +222,12 @@ impl TrackerClient {
                 return Ok(m);
             }
             self.check_open()?;
+            if deadline.is_some_and(|d| crate::time::clock_now() >= d) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no notification from tracker {} in time", self.tracker),
+                ));
+            }
             *self.shared.note_waiter.borrow_mut() = Some(crate::runtime::current_waker()?);
             crate::runtime::park_current(deadline)?;
         }

@@ -152,6 +152,16 @@ pub fn wait_notify(tracker: &TrackerClient, token: u64, timeout: Duration) -> io
         }
         match tracker.next_notification(Some(left))? {
             Message::PunchNotify { peer, token: t } if t == token => return Ok(peer),
+            Message::PunchResult {
+                token: t,
+                ok: false,
+                ..
+            } if t == token => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the tracker cannot reach that peer (not registered in this room)",
+                ))
+            }
             Message::Error { text, .. } => {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,

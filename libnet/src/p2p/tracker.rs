@@ -575,7 +575,15 @@ fn handle(
                 (Some(me), Some(target)) if same_room => {
                     let _ = target.try_send(Message::PunchNotify { peer: me, token });
                 }
-                _ => reply(registry_error(RegistryError::NotRegistered))?,
+                // PunchRequest is one-way: the failure comes back as a
+                // notification naming the attempt, not as an Error a
+                // pending request could take for its reply.
+                _ => reply(Message::PunchResult {
+                    token,
+                    to,
+                    ok: false,
+                    relayed: false,
+                })?,
             }
         }
         Message::Bye => return Ok(false),

@@ -73,10 +73,14 @@ impl<T> Completion<T> {
         let waiter = {
             let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
             if let (false, Err(p)) = (s.handle_alive, &r) {
-                log::error!(
-                    "libnet: detached coroutine panicked: {}",
-                    panic_message(&**p)
-                );
+                let msg = panic_message(&**p);
+                // Cancellation at shutdown is how every detached coroutine
+                // ends when the runtime stops: not an error.
+                if msg == CANCELLED {
+                    log::debug!("{msg}");
+                } else {
+                    log::error!("libnet: detached coroutine panicked: {msg}");
+                }
             }
             s.result = Some(r);
             s.waiter.take()
