@@ -3,8 +3,9 @@
 #   docker build -t p2p-live .
 #   docker run --rm --ulimit nofile=65536:65536 p2p-live
 #
-# One test opens ~20,000 sockets, hence the --ulimit. The network-lab tests of
-# later issues create namespaces and nftables rules and will need --privileged.
+# One test opens ~20,000 sockets, hence the --ulimit. The network-lab tests
+# (NAT classification, punching, chat, RUDP under loss) create namespaces and
+# nftables rules: add --privileged to run them; without it they print SKIPPED.
 FROM rust:1-bookworm
 
 # The same system packages as .ci/run.
