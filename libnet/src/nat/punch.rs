@@ -240,6 +240,13 @@ mod tests {
     /// every probe at once (dropping each with `loss` in 0..=100 using a
     /// fixed pattern), until both end. Returns the outcomes.
     fn run(kind_a: NatType, kind_b: NatType, loss: u32) -> (Outcome, Outcome) {
+        run_with(kind_a, kind_b, loss, 0)
+    }
+
+    /// [`run`] with a one-way delay of `delay_ms` plus 0..=4 ms of jitter
+    /// (so probes also overtake each other). A probe passes the sender's
+    /// NAT when sent and the receiver's NAT when it arrives.
+    fn run_with(kind_a: NatType, kind_b: NatType, loss: u32, delay_ms: u64) -> (Outcome, Outcome) {
         let tracker: SocketAddr = "9.9.9.9:3478".parse().expect("addr");
         let mk = |k: NatType, n: u8| -> (SocketAddr, Option<Nat>, SocketAddr) {
             let private: SocketAddr = format!("10.0.{n}.2:5000").parse().expect("addr");
@@ -289,7 +296,9 @@ mod tests {
         };
         let mut t = now;
         let mut counter = 0u32;
-        let mut step = |from: &mut Side, to: &mut Side, t: Instant| {
+        // Probes on the wire: (arrival, to side b?, source address, probe).
+        let mut wire: Vec<(Instant, bool, SocketAddr, Probe)> = Vec::new();
+        let mut send = |from: &mut Side, to_b: bool, t: Instant, wire: &mut Vec<_>| {
             for p in from.punch.poll_probes(t) {
                 counter += 1;
                 if counter * 37 % 100 < loss {
@@ -299,22 +308,49 @@ mod tests {
                     Some(n) => n.outbound(from.private, p.to),
                     None => from.private,
                 };
-                let dst = match &to.nat {
-                    Some(n) => n.inbound(src, p.to),
-                    None => (p.to == to.private).then_some(to.private),
-                };
-                if dst == Some(to.private) {
-                    to.punch.handle_probe(src, p.token, p.from, p.heard, t);
-                }
+                let jitter = u64::from(counter % 5);
+                let at =
+                    t + Duration::from_millis(delay_ms + if delay_ms > 0 { jitter } else { 0 });
+                wire.push((at, to_b, src, p));
             }
         };
-        for _ in 0..10_000 {
-            step(&mut a, &mut b, t);
-            step(&mut b, &mut a, t);
+        let deliver = |to: &mut Side, src: SocketAddr, p: Probe, t: Instant| {
+            let dst = match &to.nat {
+                Some(n) => n.inbound(src, p.to),
+                None => (p.to == to.private).then_some(to.private),
+            };
+            if dst == Some(to.private) {
+                to.punch.handle_probe(src, p.token, p.from, p.heard, t);
+            }
+        };
+        for _ in 0..100_000 {
+            let mut i = 0;
+            while i < wire.len() {
+                if wire[i].0 <= t {
+                    let (_, to_b, src, p) = wire.swap_remove(i);
+                    deliver(if to_b { &mut b } else { &mut a }, src, p, t);
+                } else {
+                    i += 1;
+                }
+            }
+            send(&mut a, true, t, &mut wire);
+            send(&mut b, false, t, &mut wire);
+            if delay_ms == 0 {
+                // Instant delivery within the same step.
+                for (_, to_b, src, p) in std::mem::take(&mut wire) {
+                    deliver(if to_b { &mut b } else { &mut a }, src, p, t);
+                }
+                send(&mut a, true, t, &mut wire);
+                send(&mut b, false, t, &mut wire);
+                for (_, to_b, src, p) in std::mem::take(&mut wire) {
+                    deliver(if to_b { &mut b } else { &mut a }, src, p, t);
+                }
+            }
             a.punch.handle_timeout(t);
             b.punch.handle_timeout(t);
             let next = [a.punch.poll_timeout(), b.punch.poll_timeout()]
                 .into_iter()
+                .chain(wire.iter().map(|w| Some(w.0)))
                 .flatten()
                 .min();
             match next {
@@ -376,6 +412,23 @@ mod tests {
                 if possible(a, b) {
                     let o = run(a, b, 30);
                     assert!(direct(o), "{a:?} <-> {b:?} at 30% loss: {o:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn punching_survives_delay_jitter_and_loss() {
+        // 40 ms one way (RTT 80 ms, close to a probe round's 50 ms and
+        // beyond it), with jitter that reorders probes, with and without
+        // 20% loss.
+        for (delay, loss) in [(40, 0), (40, 20), (120, 0)] {
+            for a in KINDS {
+                for b in KINDS {
+                    if possible(a, b) {
+                        let o = run_with(a, b, loss, delay);
+                        assert!(direct(o), "{a:?} <-> {b:?}, {delay} ms, {loss}%: {o:?}");
+                    }
                 }
             }
         }
