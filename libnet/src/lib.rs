@@ -37,6 +37,7 @@ compile_error!("libnet currently supports Unix targets (epoll, kqueue) only");
 pub mod nat;
 pub mod net;
 pub mod p2p;
+pub mod rand;
 pub mod rudp;
 pub mod runtime;
 pub mod sync;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libnet::nat::punch::Config as PunchConfig;
-use libnet::p2p::client::{Hello, TrackerClient};
+use libnet::p2p::client::{whoami_rudp, Hello, TrackerClient};
 use libnet::p2p::connect::{accept_peer, connect_peer, wait_notify, Options, Path};
 use libnet::p2p::relay::{self, Relay};
 use libnet::p2p::rudp_config;
@@ -79,28 +79,8 @@ fn side(
                 .map_err(|e| format!("bind: {e}"))?;
             let local = sock.local_addr().map_err(|e| e.to_string())?;
             // Whoami must go out of the RUDP socket itself: its mapping is
-            // the one to punch. Wire frames pass beside the connections.
-            let public = {
-                let probe = Message::Whoami {
-                    nonce: me,
-                    reply_from: libnet::p2p::wire::ReplyFrom::Same,
-                }
-                .to_frame()
-                .map_err(|e| e.to_string())?;
-                let mut seen = None;
-                for _ in 0..25 {
-                    sock.send_foreign(tracker_udp, &probe)
-                        .map_err(|e| e.to_string())?;
-                    if let Ok((_, d)) = sock.recv_raw(Some(Duration::from_millis(200))) {
-                        if let Ok(Message::WhoamiReply { observed, .. }) = Message::decode_frame(&d)
-                        {
-                            seen = Some(observed);
-                            break;
-                        }
-                    }
-                }
-                seen.ok_or("no whoami reply")?
-            };
+            // the one to punch.
+            let public = whoami_rudp(&sock, tracker_udp, T).map_err(|e| e.to_string())?;
             let c = TrackerClient::connect(tracker, T).map_err(|e| e.to_string())?;
             c.hello(&Hello {
                 node: me,

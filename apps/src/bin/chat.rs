@@ -44,12 +44,12 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use libnet::nat;
 use libnet::net::UdpSocket;
-use libnet::p2p::client::{classify_nat, peer_addrs, punch, Hello, TrackerClient};
+use libnet::p2p::client::{classify_nat, peer_addrs, punch, whoami_rudp, Hello, TrackerClient};
 use libnet::p2p::connect::{accept_peer, Options, Path};
 use libnet::p2p::registry::LOBBY;
-use libnet::p2p::tracker::rand_id;
-use libnet::p2p::wire::{Message, ReplyFrom};
+use libnet::p2p::wire::Message;
 use libnet::p2p::{relay, rudp_config, NatType, NodeId, NodeInfo, Role};
+use libnet::rand::random_u64;
 use libnet::rudp::{RudpConnection, RudpSocket};
 use libnet::sync::{channel, oneshot, Receiver, Sender};
 use libnet::time::sleep;
@@ -304,7 +304,7 @@ fn run(setup: Setup, out: Sender<String>, input: Receiver<Input>) -> Result<(), 
         TrackerClient::connect(setup.tracker, TRACKER_TIMEOUT).map_err(|e| e.to_string())?;
     let public = whoami(&sock, setup.tracker_udp)?;
     let nat = classify(local, setup.tracker_udp, setup.tracker_udp_alt)?;
-    let me = rand_id();
+    let me = random_u64();
     let welcome = tracker
         .hello(&Hello {
             node: me,
@@ -379,44 +379,8 @@ fn run(setup: Setup, out: Sender<String>, input: Receiver<Input>) -> Result<(), 
 /// Our public address as the tracker sees the RUDP socket (Whoami sent
 /// beside the connections, so it uses the socket's NAT mapping).
 fn whoami(sock: &RudpSocket, server: SocketAddr) -> Result<SocketAddr, String> {
-    let nonce = rand_id();
-    let probe = Message::Whoami {
-        nonce,
-        reply_from: ReplyFrom::Same,
-    }
-    .to_frame()
-    .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + WHOAMI_TIMEOUT;
-    while Instant::now() < deadline {
-        sock.send_foreign(server, &probe)
-            .map_err(|e| format!("cannot send to the tracker's udp port {server}: {e}"))?;
-        let round = Instant::now() + Duration::from_millis(200);
-        loop {
-            let left = round.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match sock.recv_raw(Some(left)) {
-                Ok((from, data)) if from == server => {
-                    if let Ok(Message::WhoamiReply {
-                        nonce: n, observed, ..
-                    }) = Message::decode_frame(&data)
-                    {
-                        if n == nonce {
-                            return Ok(observed);
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => break,
-                Err(e) => return Err(format!("udp receive failed: {e}")),
-            }
-        }
-    }
-    Err(format!(
-        "no answer from the tracker's udp port {server} in {WHOAMI_TIMEOUT:?} \
-         (check --tracker-udp, and that UDP gets through)"
-    ))
+    whoami_rudp(sock, server, WHOAMI_TIMEOUT)
+        .map_err(|e| format!("{e} (check --tracker-udp, and that UDP gets through)"))
 }
 
 /// Classifies the NAT in front of this host on a separate plain socket of
@@ -589,7 +553,7 @@ impl App {
         if self.peers.borrow().len() >= MAX_PEERS {
             return Err(format!("punch {name}: already {MAX_PEERS} peers connected"));
         }
-        let token = rand_id();
+        let token = random_u64();
         let (tx, rx) = oneshot::channel();
         self.waiting.borrow_mut().insert(token, tx);
         let intro = match self.tracker.punch_request(self.me, node, LOBBY, token) {

@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use libnet::p2p::relay::{self, Relay};
-use libnet::p2p::tracker::{rand_id, Config, Tracker};
+use libnet::p2p::tracker::{Config, Tracker};
 use libnet::p2p::{registry, rudp_config};
+use libnet::rand::random_u64;
 use libnet::rudp::RudpSocket;
 use libnet::sync::{channel, Receiver};
 use p2p_apps::{init_logging, resolve};
@@ -132,7 +133,7 @@ fn say(line: String) {
 }
 
 fn serve(args: Args, links: Vec<SocketAddr>, signals: Receiver<i32>) -> Result<(), String> {
-    let id = rand_id();
+    let id = random_u64();
     let config = Config {
         id,
         tcp: args.tcp,

@@ -188,7 +188,7 @@ const SLOT: usize = 64 * 1024;
 const SLOTS: usize = 8;
 /// Most payload bytes in one segmented send (an IP datagram's 64 KiB less
 /// headers, rounded down).
-const MAX_SEGMENTED: usize = 65_000;
+pub(crate) const MAX_SEGMENTED: usize = 65_000;
 
 /// Many datagrams per system call on one [`UdpSocket`], through quinn-udp:
 /// `recvmmsg` with UDP GRO and `sendmsg` with UDP GSO on Linux, one datagram
@@ -245,11 +245,6 @@ impl Batch {
         self.state.max_gso_segments()
     }
 
-    /// Most payload bytes one [`Batch::send`] may carry.
-    pub(crate) fn max_bytes(&self) -> usize {
-        MAX_SEGMENTED
-    }
-
     /// Receives what is queued into `into`, without waiting (`WouldBlock`
     /// if nothing is). Read the datagrams with [`RecvBuf::datagrams`].
     pub(crate) fn recv(&self, socket: &UdpSocket, into: &mut RecvBuf) -> io::Result<()> {
@@ -273,7 +268,7 @@ impl Batch {
     /// Sends `data` to `to`, waiting while the send buffer is full. With
     /// `segment`, `data` is several datagrams of that size (the last may be
     /// shorter) sent in one call; at most [`Batch::max_segments`] of them
-    /// and [`Batch::max_bytes`] in all.
+    /// and [`MAX_SEGMENTED`] bytes in all.
     pub(crate) fn send(
         &self,
         socket: &UdpSocket,

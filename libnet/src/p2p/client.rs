@@ -369,47 +369,93 @@ fn tracker_error(code: u16, text: &str) -> io::Error {
 /// Asks the tracker at `server` (UDP) how it sees `sock`: our public
 /// address through any NAT. Retries every 200 ms until `timeout`.
 pub fn whoami(sock: &UdpSocket, server: SocketAddr, timeout: Duration) -> io::Result<SocketAddr> {
-    let nonce = super::tracker::rand_id();
+    let old = sock.read_timeout()?;
+    let mut buf = [0u8; 512];
+    let r = whoami_via(
+        |frame| sock.send_to(frame, server).map(drop),
+        |wait| {
+            sock.set_read_timeout(Some(wait))?;
+            let (n, from) = sock.recv_from(&mut buf)?;
+            Ok((from, buf[..n].to_vec()))
+        },
+        server,
+        timeout,
+    );
+    sock.set_read_timeout(old)?;
+    r
+}
+
+/// [`whoami`] on an RUDP socket (built with [`super::rudp_config`]): the
+/// probe goes beside the connections, so the answer is the mapping the
+/// socket's RUDP traffic and punch probes use. Other raw datagrams that
+/// arrive meanwhile are dropped.
+pub fn whoami_rudp(
+    sock: &crate::rudp::RudpSocket,
+    server: SocketAddr,
+    timeout: Duration,
+) -> io::Result<SocketAddr> {
+    whoami_via(
+        |frame| sock.send_foreign(server, frame),
+        |wait| sock.recv_raw(Some(wait)),
+        server,
+        timeout,
+    )
+}
+
+/// The Whoami exchange over any datagram transport: a probe every 200 ms
+/// until the answer quoting its nonce comes back from `server`.
+fn whoami_via(
+    mut send: impl FnMut(&[u8]) -> io::Result<()>,
+    mut recv: impl FnMut(Duration) -> io::Result<(SocketAddr, Vec<u8>)>,
+    server: SocketAddr,
+    timeout: Duration,
+) -> io::Result<SocketAddr> {
+    use crate::time::clock_now;
+    let nonce = crate::rand::random_u64();
     let probe = Message::Whoami {
         nonce,
         reply_from: super::wire::ReplyFrom::Same,
     }
     .to_frame()?;
     let deadline = deadline_after(timeout);
-    let mut buf = [0u8; 512];
     loop {
-        sock.send_to(&probe, server)?;
-        let wait = Duration::from_millis(200)
-            .min(deadline.saturating_duration_since(crate::time::clock_now()));
-        if wait.is_zero() {
+        let round = deadline.min(clock_now() + Duration::from_millis(200));
+        if round <= clock_now() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("no answer from tracker {server} (UDP)"),
+                format!("no answer from tracker {server} (UDP) in {timeout:?}"),
             ));
         }
-        sock.set_read_timeout(Some(wait))?;
+        send(&probe)?;
         loop {
-            match sock.recv_from(&mut buf) {
-                Ok((n, from)) if from == server => {
+            let wait = round.saturating_duration_since(clock_now());
+            if wait.is_zero() {
+                break;
+            }
+            match recv(wait) {
+                Ok((from, data)) if from == server => {
                     if let Ok(Message::WhoamiReply {
                         nonce: got,
                         observed,
                         ..
-                    }) = Message::decode_frame(&buf[..n])
+                    }) = Message::decode_frame(&data)
                     {
                         if got == nonce {
-                            sock.set_read_timeout(None)?;
                             return Ok(observed);
                         }
                     }
                 }
                 Ok(_) => {}
                 Err(e)
-                    if e.kind() == io::ErrorKind::TimedOut
-                        || e.kind() == io::ErrorKind::WouldBlock =>
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                    ) =>
                 {
                     break
                 }
+                // An ICMP error from an earlier datagram: keep trying.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(e) => return Err(e),
             }
         }
@@ -434,7 +480,7 @@ pub fn classify_nat(
         local,
         servers,
         config,
-        super::tracker::rand_id(),
+        crate::rand::random_u64(),
         clock_now(),
     );
     let mut buf = [0u8; 512];

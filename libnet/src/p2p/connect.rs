@@ -96,7 +96,7 @@ pub fn connect_peer(
     relay: Option<SocketAddr>,
     opts: Options,
 ) -> io::Result<PeerConn> {
-    let token = super::tracker::rand_id();
+    let token = crate::rand::random_u64();
     tracker.punch_request(me, to, room, token)?;
     let peer = wait_notify(tracker, token, opts.notify)?;
     match punch(sock, me, peer_addrs(&peer), token, opts.punch) {

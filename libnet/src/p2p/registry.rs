@@ -111,11 +111,14 @@ pub struct Registry {
     reserved: HashMap<RoomId, Instant>,
     /// Nodes learnt from linked trackers.
     remote: HashMap<NodeId, Remote>,
+    /// Room → the remote nodes in it (an index of `remote`, so neither
+    /// `room_exists` nor `nodes` scans every remote node).
+    remote_rooms: HashMap<RoomId, Vec<NodeId>>,
     /// Expiry order of local nodes, remote nodes and reservations.
     deadlines: BTreeSet<(Instant, Due)>,
     trackers: Vec<SocketAddr>,
     next_room: RoomId,
-    rng: u64,
+    rng: crate::rand::Rng,
 }
 
 /// What a deadline is for.
@@ -136,10 +139,11 @@ impl Registry {
             rooms: HashMap::new(),
             reserved: HashMap::new(),
             remote: HashMap::new(),
+            remote_rooms: HashMap::new(),
             deadlines: BTreeSet::new(),
             trackers: Vec::new(),
             next_room,
-            rng: seed | 1,
+            rng: crate::rand::Rng::new(seed),
         }
     }
 
@@ -260,7 +264,7 @@ impl Registry {
         room == LOBBY
             || self.rooms.contains_key(&room)
             || self.reserved.contains_key(&room)
-            || self.remote.values().any(|r| r.info.room == room)
+            || self.remote_rooms.contains_key(&room)
     }
 
     /// Hands out an unused room number to a source presenting the edge key.
@@ -301,10 +305,11 @@ impl Registry {
             .flatten()
             .filter_map(|id| self.nodes.get(id).map(|e| &e.info));
         let remote = self
-            .remote
-            .values()
-            .filter(|r| r.info.room == room)
-            .map(|r| &r.info);
+            .remote_rooms
+            .get(&room)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.remote.get(id).map(|r| &r.info));
         let mut all: Vec<NodeInfo> = local
             .chain(remote)
             .filter(|n| n.id != asker)
@@ -315,7 +320,7 @@ impl Registry {
             Strategy::Random => {
                 // Fisher-Yates with the registry's own generator.
                 for i in (1..all.len()).rev() {
-                    let j = (self.random() % (i as u64 + 1)) as usize;
+                    let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
                     all.swap(i, j);
                 }
             }
@@ -359,7 +364,9 @@ impl Registry {
                 },
             ) {
                 self.deadlines.remove(&(old.expires, Due::Remote(n.id)));
+                unindex(&mut self.remote_rooms, n.id, old.info.room);
             }
+            self.remote_rooms.entry(n.room).or_default().push(n.id);
             self.deadlines.insert((expires, Due::Remote(n.id)));
             kept += 1;
         }
@@ -414,7 +421,9 @@ impl Registry {
                     }
                 }
                 Due::Remote(id) => {
-                    self.remote.remove(&id);
+                    if let Some(r) = self.remote.remove(&id) {
+                        unindex(&mut self.remote_rooms, id, r.info.room);
+                    }
                 }
                 Due::Reservation(room) => {
                     self.reserved.remove(&room);
@@ -425,22 +434,17 @@ impl Registry {
     }
 
     fn leave_room(&mut self, id: NodeId, room: RoomId) {
-        if let Some(members) = self.rooms.get_mut(&room) {
-            members.retain(|&m| m != id);
-            if members.is_empty() {
-                self.rooms.remove(&room);
-            }
-        }
+        unindex(&mut self.rooms, id, room);
     }
+}
 
-    /// xorshift64*: enough to shuffle node lists.
-    fn random(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+/// Takes `id` out of `room`'s list, dropping the room when it empties.
+fn unindex(rooms: &mut HashMap<RoomId, Vec<NodeId>>, id: NodeId, room: RoomId) {
+    if let Some(members) = rooms.get_mut(&room) {
+        members.retain(|&m| m != id);
+        if members.is_empty() {
+            rooms.remove(&room);
+        }
     }
 }
 
@@ -644,6 +648,21 @@ mod tests {
         assert_eq!(ids(&r.nodes(7, Strategy::MinWorkload, 9, 0)), [10, 1]);
         r.expire(t + Duration::from_secs(180));
         assert_eq!(ids(&r.nodes(7, Strategy::MinWorkload, 9, 0)), [1]);
+    }
+
+    #[test]
+    fn remote_nodes_are_indexed_by_room_as_they_move_and_expire() {
+        let t = Instant::now();
+        let mut r = Registry::new(cfg(), 1);
+        r.merge_remote(&[node(10, Role::Edge, 7, 0)], t);
+        assert!(r.room_exists(7));
+        // Reported again in another room: it leaves the first.
+        r.merge_remote(&[node(10, Role::Edge, 8, 0)], t + Duration::from_secs(10));
+        assert!(!r.room_exists(7));
+        assert_eq!(ids(&r.nodes(8, Strategy::Edges, 9, 0)), [10]);
+        r.expire(t + Duration::from_secs(130));
+        assert!(!r.room_exists(8));
+        assert!(r.nodes(8, Strategy::Random, 9, 0).is_empty());
     }
 
     #[test]

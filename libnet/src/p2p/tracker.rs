@@ -64,7 +64,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            id: rand_id(),
+            id: crate::rand::random_u64(),
             tcp: "0.0.0.0:7000".parse().expect("valid"),
             udp: "0.0.0.0:7000".parse().expect("valid"),
             udp_alt: Some("0.0.0.0:7001".parse().expect("valid")),
@@ -75,18 +75,6 @@ impl Default for Config {
             verbose: false,
         }
     }
-}
-
-/// A random 64-bit identity.
-pub fn rand_id() -> NodeId {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish() | 1
 }
 
 /// What the tracker's coroutines share.
@@ -197,8 +185,10 @@ impl Tracker {
         self.state.reg.borrow().trackers().to_vec()
     }
 
-    /// Stops accepting and linking; open connections end as their peers
-    /// go (the runtime's shutdown ends the rest).
+    /// Asks its coroutines to stop: each notices at its next wake (the
+    /// accept loop at the next connection, UDP loops at the next datagram,
+    /// links and gossip at their next period); open connections end as
+    /// their peers go. The runtime's shutdown ends everything at once.
     pub fn stop(&self) {
         self.state.stopped.set(true);
     }
@@ -308,10 +298,8 @@ fn gossip_loop(st: Rc<State>) {
 
 /// What a linked tracker is told: the trackers known, then the local nodes.
 fn gossip(st: &State) -> Vec<Message> {
+    let mut out = vec![tracker_list(st)];
     let reg = st.reg.borrow();
-    let mut trackers = vec![st.tcp];
-    trackers.extend(reg.trackers().iter().take(wire::MAX_TRACKERS - 1));
-    let mut out = vec![Message::TrackersList { trackers }];
     let nodes = reg.local_nodes(reg.config().max_remote);
     for chunk in nodes.chunks(GOSSIP_CHUNK) {
         out.push(Message::NodesList {
@@ -436,6 +424,19 @@ fn registry_error(e: RegistryError) -> Message {
     Message::error(code, &e.to_string())
 }
 
+/// This tracker first, then the trackers it knows (within the wire's bound).
+fn tracker_list(st: &State) -> Message {
+    let mut trackers = vec![st.tcp];
+    trackers.extend(
+        st.reg
+            .borrow()
+            .trackers()
+            .iter()
+            .take(wire::MAX_TRACKERS - 1),
+    );
+    Message::TrackersList { trackers }
+}
+
 /// The logged-in chat users, as the tracker knows them now.
 fn chat_list(st: &State) -> Message {
     let now = clock_now();
@@ -544,13 +545,7 @@ fn handle(
             let nodes = st.reg.borrow_mut().nodes(room, strategy, max, asker);
             reply(Message::NodesList { room, nodes })?;
         }
-        Message::TrackersRequest => {
-            let reg = st.reg.borrow();
-            let mut trackers = vec![st.tcp];
-            trackers.extend(reg.trackers().iter().take(wire::MAX_TRACKERS - 1));
-            drop(reg);
-            reply(Message::TrackersList { trackers })?;
-        }
+        Message::TrackersRequest => reply(tracker_list(st))?,
         Message::RoomAllocate { key } => {
             let r = st.reg.borrow_mut().allocate_room(&key, now);
             match r {

@@ -24,10 +24,10 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::proto::{self, CloseReason, Config, ConnId, Endpoint, Event};
-use crate::net::udp::{Batch, RecvBuf};
+use crate::net::udp::{Batch, RecvBuf, MAX_SEGMENTED};
 use crate::net::{SocketBuilder, UdpSocket};
 use crate::runtime::{current_waker, park_current, Waker};
 use crate::time::{clock_now, deadline_after};
@@ -99,7 +99,7 @@ impl Shared {
     /// retransmits.
     fn transmit(&self) {
         let mut buf = self.gso_buf.take();
-        let (max_segs, max_bytes) = (self.batch.max_segments(), self.batch.max_bytes());
+        let max_segs = self.batch.max_segments();
         // The run being glued: destination, segment size, segment count.
         let mut run: Option<(SocketAddr, usize, usize)> = None;
         loop {
@@ -111,7 +111,7 @@ impl Shared {
                     && len <= *size
                     && last_full
                     && *n < max_segs
-                    && buf.len() + len <= max_bytes
+                    && buf.len() + len <= MAX_SEGMENTED
                 {
                     buf.extend_from_slice(&t.data);
                     *n += 1;
@@ -379,7 +379,7 @@ impl RudpSocket {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let seed = random_seed(&socket);
+        let seed = crate::rand::random_u64();
         let batch = Batch::new(&socket)?;
         let max_message = config.max_message;
         let shared = Rc::new(Shared {
@@ -766,19 +766,4 @@ impl Write for RudpStream {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-/// A seed for the endpoint's cookie key: the OS's randomness is not in std,
-/// so mix what differs between sockets, processes and moments. The cookie
-/// only has to be unguessable to an off-path sender for a few minutes.
-fn random_seed(socket: &UdpSocket) -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hash, Hasher};
-    // RandomState is seeded from the OS's random source once per process
-    // (and per thread after that): unpredictable from outside.
-    let mut h = RandomState::new().build_hasher();
-    socket.local_addr().ok().hash(&mut h);
-    Instant::now().hash(&mut h);
-    std::process::id().hash(&mut h);
-    h.finish()
 }

@@ -501,8 +501,9 @@ pub(crate) fn outside_coroutine_error() -> stdio::Error {
     )
 }
 
-/// Best-effort text of a panic payload.
-pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
+/// Best-effort text of a panic payload (e.g. the `Err` of
+/// [`JoinHandle::join`]).
+pub fn panic_message(p: &(dyn Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
