@@ -37,12 +37,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// Runs `f` on a one-loop libnet runtime on this thread.
 fn on_runtime<T: 'static>(f: impl FnOnce() -> T + 'static) -> T {
-    libnet::Runtime::builder()
-        .loops(1)
-        .build()
-        .expect("runtime")
-        .run(f)
-        .expect("runtime exited")
+    libnet_tests::run_on(1, f)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -728,7 +728,7 @@ impl Drop for Flag {
 }
 
 fn runtime_shutdown_blocked() -> CaseResult {
-    let dropped: Vec<Arc<AtomicBool>> = (0..5).map(|_| Arc::default()).collect();
+    let dropped: Vec<Arc<AtomicBool>> = crate::BLOCKERS.iter().map(|_| Arc::default()).collect();
     let ended: Arc<Mutex<Option<Instant>>> = Arc::default();
     let flags = dropped.clone();
     let ended2 = ended.clone();
@@ -743,45 +743,8 @@ fn runtime_shutdown_blocked() -> CaseResult {
     let handles = on_runtime_value(2, move || -> Result<Vec<libnet::JoinHandle<()>>, String> {
         // Guards are made here and moved in, so they drop even if a
         // coroutine never got to start.
-        let g = |i: usize| (Flag(flags[i].clone()), ready.clone());
-        let mut hs = Vec::new();
-        let g0 = g(0);
-        hs.push(libnet::spawn_on(1, move || {
-            let (_g, ready) = g0;
-            let mut c = TcpStream::connect(addr).expect("connect");
-            let mut b = [0u8; 1];
-            ready.fetch_add(1, Ordering::SeqCst);
-            let _ = c.read(&mut b);
-        }));
-        let g1 = g(1);
-        hs.push(libnet::spawn_on(1, move || {
-            let (_g, ready) = g1;
-            let s = UdpSocket::bind(V4_ANY_PORT).expect("udp");
-            let mut b = [0u8; 1];
-            ready.fetch_add(1, Ordering::SeqCst);
-            let _ = s.recv_from(&mut b);
-        }));
-        let g2 = g(2);
-        hs.push(libnet::spawn_on(0, move || {
-            let (_g, ready) = g2;
-            ready.fetch_add(1, Ordering::SeqCst);
-            time::sleep(Duration::from_secs(3600));
-        }));
-        let g3 = g(3);
-        hs.push(libnet::spawn_on(1, move || {
-            let (_g, ready) = g3;
-            let (tx, rx) = channel::<u8>(1);
-            let _keep = tx;
-            ready.fetch_add(1, Ordering::SeqCst);
-            let _ = rx.recv();
-        }));
-        let g4 = g(4);
-        hs.push(libnet::spawn_on(0, move || {
-            let (_g, ready) = g4;
-            let (_tx, rx) = oneshot::channel::<u8>();
-            ready.fetch_add(1, Ordering::SeqCst);
-            let _ = rx.recv();
-        }));
+        let guards = std::array::from_fn(|i| Flag(flags[i].clone()));
+        let hs = crate::spawn_blockers(addr, guards, &ready);
         let n = hs.len();
         ensure!(
             wait_until(Duration::from_secs(20), || ready.load(Ordering::SeqCst)

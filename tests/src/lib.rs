@@ -9,7 +9,6 @@
 pub mod cases;
 pub mod netlab;
 
-use std::any::Any;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::mpsc;
@@ -47,15 +46,67 @@ pub fn run_on<T: 'static>(loops: usize, main: impl FnOnce() -> T + 'static) -> T
     }
 }
 
-/// Best-effort text of a panic payload.
-pub fn panic_message(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
+pub use libnet::runtime::panic_message;
+
+/// What the coroutines of [`spawn_blockers`] block in, in order.
+pub const BLOCKERS: [&str; 5] = [
+    "tcp read",
+    "udp recv_from",
+    "sleep",
+    "channel recv",
+    "oneshot recv",
+];
+
+/// Parks one coroutine in each of [`BLOCKERS`] (inside a runtime of at
+/// least two loops): a read from a TCP connection to `peer` (a listener
+/// that never accepts, so only shutdown ends it), a UDP receive, an
+/// hour's sleep, and receives on a channel and a oneshot that never get
+/// a value. Each holds its `guard` (dropped when it ends or is unwound)
+/// and adds one to `ready` right before its blocking call; a loop switches
+/// coroutines only at waits, so once `ready` counts them all, all wait.
+pub fn spawn_blockers<G: Send + 'static>(
+    peer: SocketAddr,
+    guards: [G; 5],
+    ready: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<JoinHandle<()>> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let [g0, g1, g2, g3, g4] = guards;
+    let r = || ready.clone();
+    let (r0, r1, r2, r3, r4) = (r(), r(), r(), r(), r());
+    vec![
+        libnet::spawn_on(1, move || {
+            let _g = g0;
+            let mut c = TcpStream::connect(peer).expect("connect");
+            let mut b = [0u8; 1];
+            r0.fetch_add(1, SeqCst);
+            let _ = c.read(&mut b);
+        }),
+        libnet::spawn_on(1, move || {
+            let _g = g1;
+            let s = libnet::net::UdpSocket::bind(V4_ANY_PORT).expect("udp");
+            let mut b = [0u8; 1];
+            r1.fetch_add(1, SeqCst);
+            let _ = s.recv_from(&mut b);
+        }),
+        libnet::spawn_on(0, move || {
+            let _g = g2;
+            r2.fetch_add(1, SeqCst);
+            libnet::time::sleep(Duration::from_secs(3600));
+        }),
+        libnet::spawn_on(1, move || {
+            let _g = g3;
+            let (tx, rx) = libnet::sync::channel::<u8>(1);
+            let _keep = tx;
+            r3.fetch_add(1, SeqCst);
+            let _ = rx.recv();
+        }),
+        libnet::spawn_on(0, move || {
+            let _g = g4;
+            let (_tx, rx) = libnet::sync::oneshot::channel::<u8>();
+            r4.fetch_add(1, SeqCst);
+            let _ = rx.recv();
+        }),
+    ]
 }
 
 /// Text that marks a panic a test causes on purpose; see [`quiet_expected_panics`].

@@ -24,13 +24,9 @@ fn digest(data: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Runs `f` on a one-loop libnet runtime on this thread.
 fn on_runtime<T: 'static>(f: impl FnOnce() -> T + 'static) -> T {
-    libnet::Runtime::builder()
-        .loops(1)
-        .build()
-        .expect("runtime")
-        .run(f)
-        .expect("runtime exited")
+    libnet_tests::run_on(1, f)
 }
 
 /// 50 MB byte-exact across a path that drops 10% of packets both ways.

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use libnet::net::{TcpListener, TcpStream, UdpSocket};
+use libnet::net::{TcpListener, TcpStream};
 use libnet::sync::{channel, oneshot};
 use libnet::{time, Exit, Runtime};
 use libnet_tests::{
-    bounded, panic_message, quiet_expected_panics, run_on, runtime, spawn_echo_server, wait_until,
-    V4_ANY_PORT,
+    bounded, panic_message, quiet_expected_panics, run_on, runtime, spawn_blockers,
+    spawn_echo_server, wait_until, BLOCKERS, V4_ANY_PORT,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -393,19 +393,17 @@ impl Drop for Flag {
 #[test]
 fn shutdown_unwinds_blocked_coroutines_promptly() {
     bounded(LIMIT, || {
-        const KINDS: &[&str] = &[
-            "tcp read",
-            "udp recv_from",
-            "sleep",
-            "channel recv",
+        // libnet_tests::BLOCKERS first (spawn_blockers), then these.
+        const MORE: [&str; 5] = [
             "channel send (full)",
-            "oneshot recv",
             "accept",
             "join",
             "spawn_blocking",
             "sleep loop",
         ];
-        let flags: Vec<Arc<AtomicBool>> = KINDS.iter().map(|_| Arc::default()).collect();
+        let kinds: Vec<&str> = BLOCKERS.iter().chain(&MORE).copied().collect();
+        let kinds2 = kinds.clone();
+        let flags: Vec<Arc<AtomicBool>> = kinds.iter().map(|_| Arc::default()).collect();
         let ended: Arc<Mutex<Option<Instant>>> = Arc::default();
         let (f, ended2) = (flags.clone(), ended.clone());
         // The TCP peer is a std listener that never accepts and outlives the
@@ -423,84 +421,48 @@ fn shutdown_unwinds_blocked_coroutines_promptly() {
         let rt = runtime(2);
         let handles = rt
             .run(move || {
-                let mut hs = Vec::new();
-                let g = |i: usize| (Flag(f[i].clone()), ready.clone());
-                let g0 = g(0);
-                hs.push(libnet::spawn_on(1, move || {
-                    let (_g, ready) = g0;
-                    let mut c = TcpStream::connect(addr).expect("connect");
-                    let mut b = [0u8; 1];
-                    ready.fetch_add(1, Ordering::SeqCst);
-                    let _ = c.read(&mut b);
-                }));
-                let g1 = g(1);
-                hs.push(libnet::spawn_on(1, move || {
-                    let (_g, ready) = g1;
-                    let s = UdpSocket::bind(V4_ANY_PORT).expect("udp");
-                    let mut b = [0u8; 1];
-                    ready.fetch_add(1, Ordering::SeqCst);
-                    let _ = s.recv_from(&mut b);
-                }));
-                let g2 = g(2);
+                let guards = std::array::from_fn(|i| Flag(f[i].clone()));
+                let mut hs = spawn_blockers(addr, guards, &ready);
+                let g = |i: usize| (Flag(f[BLOCKERS.len() + i].clone()), ready.clone());
+                let m0 = g(0);
                 hs.push(libnet::spawn_on(0, move || {
-                    let (_g, ready) = g2;
-                    ready.fetch_add(1, Ordering::SeqCst);
-                    time::sleep(Duration::from_secs(3600));
-                }));
-                let g3 = g(3);
-                hs.push(libnet::spawn_on(1, move || {
-                    let (_g, ready) = g3;
-                    let (tx, rx) = channel::<u8>(1);
-                    let _keep = tx;
-                    ready.fetch_add(1, Ordering::SeqCst);
-                    let _ = rx.recv();
-                }));
-                let g4 = g(4);
-                hs.push(libnet::spawn_on(0, move || {
-                    let (_g, ready) = g4;
+                    let (_g, ready) = m0;
                     let (tx, _rx) = channel::<u8>(1);
                     tx.send(1).expect("first send");
                     ready.fetch_add(1, Ordering::SeqCst);
                     let _ = tx.send(2);
                 }));
-                let g5 = g(5);
-                hs.push(libnet::spawn_on(1, move || {
-                    let (_g, ready) = g5;
-                    let (_tx, rx) = oneshot::channel::<u8>();
-                    ready.fetch_add(1, Ordering::SeqCst);
-                    let _ = rx.recv();
-                }));
-                let g6 = g(6);
+                let m1 = g(1);
                 hs.push(libnet::spawn_on(0, move || {
-                    let (_g, ready) = g6;
+                    let (_g, ready) = m1;
                     let l = TcpListener::bind(V4_ANY_PORT).expect("bind");
                     ready.fetch_add(1, Ordering::SeqCst);
                     let _ = l.accept();
                 }));
-                let g7 = g(7);
+                let m2 = g(2);
                 hs.push(libnet::spawn_on(1, move || {
-                    let (_g, ready) = g7;
+                    let (_g, ready) = m2;
                     let forever = libnet::spawn(|| time::sleep(Duration::from_secs(3600)));
                     ready.fetch_add(1, Ordering::SeqCst);
                     let _ = forever.join();
                 }));
-                let g8 = g(8);
+                let m3 = g(3);
                 hs.push(libnet::spawn_on(0, move || {
-                    let (_g, ready) = g8;
+                    let (_g, ready) = m3;
                     ready.fetch_add(1, Ordering::SeqCst);
                     libnet::spawn_blocking(move || {
                         let _ = job_waits.recv_timeout(Duration::from_secs(20));
                     });
                 }));
-                let g9 = g(9);
+                let m4 = g(4);
                 hs.push(libnet::spawn_on(1, move || {
-                    let (_g, ready) = g9;
+                    let (_g, ready) = m4;
                     ready.fetch_add(1, Ordering::SeqCst);
                     for _ in 0..1_000_000_000u64 {
                         time::sleep(Duration::from_millis(1));
                     }
                 }));
-                let all = KINDS.len();
+                let all = kinds2.len();
                 assert!(
                     wait_until(Duration::from_secs(20), || ready_main
                         .load(Ordering::SeqCst)
@@ -510,7 +472,7 @@ fn shutdown_unwinds_blocked_coroutines_promptly() {
                 );
                 time::sleep(Duration::from_millis(10));
                 for (i, h) in hs.iter().enumerate() {
-                    assert!(!h.is_finished(), "{} finished before shutdown", KINDS[i]);
+                    assert!(!h.is_finished(), "{} finished before shutdown", kinds2[i]);
                 }
                 *ended2.lock().expect("lock") = Some(Instant::now());
                 hs
@@ -526,25 +488,25 @@ fn shutdown_unwinds_blocked_coroutines_promptly() {
         let mut wrong = Vec::new();
         for (i, f) in flags.iter().enumerate() {
             if !f.load(Ordering::SeqCst) {
-                wrong.push(format!("{}: destructors did not run at shutdown", KINDS[i]));
+                wrong.push(format!("{}: destructors did not run at shutdown", kinds[i]));
             }
         }
         for (i, h) in handles.into_iter().enumerate() {
             if !h.is_finished() {
                 wrong.push(format!(
                     "{}: handle not finished after run returned",
-                    KINDS[i]
+                    kinds[i]
                 ));
                 continue;
             }
             match h.join() {
                 Ok(()) => wrong.push(format!(
                     "{}: cancelled at shutdown, yet joined Ok",
-                    KINDS[i]
+                    kinds[i]
                 )),
                 Err(p) if !panic_message(&*p).contains("cancelled") => wrong.push(format!(
                     "{}: join payload {:?}, not a cancellation",
-                    KINDS[i],
+                    kinds[i],
                     panic_message(&*p)
                 )),
                 Err(_) => {}
