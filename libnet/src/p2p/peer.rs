@@ -132,6 +132,8 @@ pub struct ServerStats {
     pub queued: usize,
     /// Fragments sent.
     pub fragments_sent: u64,
+    /// Bytes of the fragment frames sent.
+    pub bytes_sent: u64,
     /// Ids answered as missing (not held, evicted, or over the queue bound).
     pub missing: u64,
     /// Of those, ids answered as missing because the queue was full.
@@ -510,7 +512,11 @@ fn server_writer(
             match frag {
                 Some(f) if f.frame.len() <= cfg.max_message => {
                     served.conn.send(&f.frame)?;
-                    sh.bump(|s| s.fragments_sent += 1);
+                    let n = f.frame.len() as u64;
+                    sh.bump(|s| {
+                        s.fragments_sent += 1;
+                        s.bytes_sent += n;
+                    });
                 }
                 other => {
                     if let Some(f) = other {
@@ -1404,10 +1410,11 @@ fn client_writer(sh: &ClientShared, conn: &RudpConnection, rx: &sync::Receiver<V
     }
 }
 
-/// The three channel connections to one peer.
+/// The channel connections to one peer: three, or one carrying all
+/// channels ([`PeerLink::single`]).
 pub struct PeerLink {
     remote: SocketAddr,
-    clients: [PeerClient; 3],
+    clients: [Rc<PeerClient>; 3],
 }
 
 impl fmt::Debug for PeerLink {
@@ -1431,8 +1438,25 @@ impl PeerLink {
         let audio = PeerClient::new(socket.connect(remote)?, config);
         Ok(PeerLink {
             remote,
-            clients: [meta, video, audio],
+            clients: [Rc::new(meta), Rc::new(video), Rc::new(audio)],
         })
+    }
+
+    /// All channels over one connection already open (a relayed path has
+    /// one connection per pairing): every message names its channel, so the
+    /// holder serves it alike; channels then share one send queue.
+    pub fn single(conn: RudpConnection, config: ClientConfig) -> PeerLink {
+        let remote = conn.peer_addr();
+        let c = Rc::new(PeerClient::new(conn, config));
+        PeerLink {
+            remote,
+            clients: [c.clone(), c.clone(), c],
+        }
+    }
+
+    /// Whether every connection is still usable.
+    pub fn check(&self) -> io::Result<()> {
+        self.clients.iter().try_for_each(|c| c.check())
     }
 
     /// The peer's address.

@@ -71,6 +71,11 @@ pub struct StoreConfig {
     pub max_meta_value: usize,
     /// Rooms held at once. Default 16.
     pub max_rooms: usize,
+    /// Timestamps kept per (room, channel): once the newest fragment's
+    /// timestamp is more than this ahead of the oldest's, the oldest go.
+    /// This sizes a live window by time (timestamps are the source's, in
+    /// its unit; p2p-live uses microseconds). Default 0: no time bound.
+    pub max_span: u64,
 }
 
 impl Default for StoreConfig {
@@ -82,6 +87,7 @@ impl Default for StoreConfig {
             max_meta_items: 64,
             max_meta_value: 16 * 1024,
             max_rooms: 16,
+            max_span: 0,
         }
     }
 }
@@ -265,6 +271,7 @@ impl FragmentStore {
             max,
         })?;
         let (max_count, max_bytes) = (self.config.max_fragments, self.config.max_bytes);
+        let max_span = self.config.max_span;
         let ch = self.room_mut(room)?.channel_mut(channel);
         let stored = StoredFragment {
             timestamp,
@@ -276,7 +283,16 @@ impl FragmentStore {
         }
         ch.bytes += data.len();
         let mut dropped = 0;
-        while ch.frags.len() > max_count || ch.bytes > max_bytes {
+        let too_long = |ch: &ChannelStore| {
+            max_span > 0
+                && match (ch.frags.first_key_value(), ch.frags.last_key_value()) {
+                    (Some((_, a)), Some((_, b))) => {
+                        b.timestamp.saturating_sub(a.timestamp) > max_span
+                    }
+                    _ => false,
+                }
+        };
+        while ch.frags.len() > max_count || ch.bytes > max_bytes || too_long(ch) {
             let Some((_, old)) = ch.frags.pop_first() else {
                 break;
             };
@@ -385,7 +401,23 @@ mod tests {
             max_meta_items: 2,
             max_meta_value: 10,
             max_rooms: 2,
+            max_span: 0,
         })
+    }
+
+    #[test]
+    fn a_time_span_bounds_the_window() {
+        let mut s = FragmentStore::new(StoreConfig {
+            max_span: 1000,
+            ..StoreConfig::default()
+        });
+        for id in 0..10 {
+            s.insert(1, Channel::Video, id, id * 250, b"x")
+                .expect("insert");
+        }
+        // Newest timestamp 2250: 1250..=2250 spans 1000 and stays.
+        assert_eq!(s.range(1, Channel::Video), Some((5, 9)));
+        assert_eq!(s.len(1, Channel::Audio), 0);
     }
 
     #[test]

@@ -113,6 +113,23 @@ impl Chat {
     }
 }
 
+/// What a tracker holds, from [`Tracker::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackerStats {
+    /// Nodes registered here.
+    pub nodes: usize,
+    /// Of those, edges.
+    pub edges: usize,
+    /// Of those, sources.
+    pub sources: usize,
+    /// Of those, peers (viewers and chat users).
+    pub peers: usize,
+    /// Rooms with nodes here.
+    pub rooms: usize,
+    /// Other trackers known.
+    pub trackers: usize,
+}
+
 /// A running tracker; dropping it does not stop it (see [`Tracker::stop`]).
 pub struct Tracker {
     state: Rc<State>,
@@ -178,6 +195,26 @@ impl Tracker {
     /// Nodes registered here.
     pub fn node_count(&self) -> usize {
         self.state.reg.borrow().len()
+    }
+
+    /// What it holds now, for metrics (walks the local registry: call it
+    /// at scrape rate, not per message).
+    pub fn stats(&self) -> TrackerStats {
+        let reg = self.state.reg.borrow();
+        let mut s = TrackerStats {
+            nodes: reg.len(),
+            rooms: reg.rooms().count(),
+            trackers: reg.trackers().len(),
+            ..TrackerStats::default()
+        };
+        for n in reg.local_nodes(usize::MAX) {
+            match n.role {
+                super::Role::Edge => s.edges += 1,
+                super::Role::Source => s.sources += 1,
+                super::Role::Peer => s.peers += 1,
+            }
+        }
+        s
     }
 
     /// The trackers it knows (not itself).
