@@ -4,6 +4,12 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
+pub mod http;
+pub mod media;
+pub mod node;
+pub mod sched;
+pub mod signed;
+
 use libnet::p2p::wire::{ChatUser, MAX_CHAT_TEXT, MAX_NAME};
 use libnet::p2p::{NatType, NodeId};
 

@@ -7,6 +7,7 @@
 //! in count and time.
 
 pub mod cases;
+pub mod apps;
 pub mod netlab;
 
 use std::io::{self, Read, Write};

@@ -17,7 +17,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddrV4;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -28,47 +28,6 @@ use libnet_tests::netlab::{output_within, Host, Lab, NatKind};
 
 /// How long one chat process may run before it is killed.
 const CHAT_LIMIT: Duration = Duration::from_secs(60);
-/// Building the binaries (a first build compiles clap and friends).
-const BUILD_LIMIT: Duration = Duration::from_secs(600);
-
-/// Builds `chat` and `tracker` in this test's profile and target directory
-/// and returns the directory that holds them.
-fn build_apps() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    // target/<profile>/deps/chat_lab-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in <target>/<profile>/deps")
-        .to_path_buf();
-    let target_dir = profile_dir.parent().expect("a target directory");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev".to_string(),
-        Some(p) => p.to_string(),
-        None => panic!("cannot tell the profile from {}", profile_dir.display()),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "p2p-apps", "--bins", "--profile"])
-        .arg(&profile)
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(target_dir);
-    let out = output_within(&mut cmd, None, BUILD_LIMIT).expect("cargo build runs");
-    assert!(
-        out.status.success(),
-        "cargo build -p p2p-apps failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for bin in ["chat", "tracker"] {
-        let p = profile_dir.join(bin);
-        assert!(p.is_file(), "{} was not built", p.display());
-    }
-    profile_dir
-}
-
 /// A process that is killed (and reaped) when this guard goes, whatever
 /// happens to the test.
 struct Guard(Child);
@@ -94,6 +53,7 @@ fn start_tracker(host: &Host, bins: &Path, relay: SocketAddrV4) -> TrackerProc {
         .args(["--udp", &host.sock(3478).to_string()])
         .args(["--udp-alt", &host.sock(3479).to_string()])
         .args(["--relay", &relay.to_string()])
+        .args(["--metrics", "off"])
         .arg("--verbose")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -235,7 +195,7 @@ fn three_users_chat_through_port_restricted_full_cone_and_symmetric_nats() {
         let Some(mut lab) = Lab::require("chat") else {
             return;
         };
-        let bins = build_apps();
+        let bins = libnet_tests::apps::build_apps(&["chat", "tracker"]);
         let th = lab.public_host("tracker").expect("tracker host");
         let na = lab.nat("nat_a", NatKind::PortRestricted).expect("nat");
         let nb = lab.nat("nat_b", NatKind::FullCone).expect("nat");

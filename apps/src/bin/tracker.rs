@@ -25,6 +25,7 @@ use libnet::p2p::{registry, rudp_config};
 use libnet::rand::random_u64;
 use libnet::rudp::RudpSocket;
 use libnet::sync::{channel, Receiver};
+use p2p_apps::http::{Metrics, Routes, Server};
 use p2p_apps::{init_logging, resolve};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -61,6 +62,9 @@ struct Args {
     /// symmetric). Give chats the same address with their --relay.
     #[arg(long, value_name = "IP:PORT")]
     relay: Option<SocketAddr>,
+    /// HTTP address of the Prometheus metrics (/metrics); "off" to disable.
+    #[arg(long, value_name = "IP:PORT|off", default_value = "127.0.0.1:9000")]
+    metrics: String,
     /// Log every frame received (on stderr; RUST_LOG overrides the level).
     #[arg(long)]
     verbose: bool,
@@ -132,6 +136,45 @@ fn say(line: String) {
     });
 }
 
+fn metrics(t: &Tracker) -> String {
+    let s = t.stats();
+    let mut m = Metrics::default();
+    m.gauge(
+        "p2plive_tracker_nodes",
+        "Nodes registered here.",
+        s.nodes as f64,
+    )
+    .gauge_labeled(
+        "p2plive_tracker_nodes_by_role",
+        "Nodes registered here, by role.",
+        &[("role", "edge")],
+        s.edges as f64,
+    )
+    .gauge_labeled(
+        "p2plive_tracker_nodes_by_role",
+        "Nodes registered here, by role.",
+        &[("role", "source")],
+        s.sources as f64,
+    )
+    .gauge_labeled(
+        "p2plive_tracker_nodes_by_role",
+        "Nodes registered here, by role.",
+        &[("role", "peer")],
+        s.peers as f64,
+    )
+    .gauge(
+        "p2plive_tracker_rooms",
+        "Rooms with nodes registered here.",
+        s.rooms as f64,
+    )
+    .gauge(
+        "p2plive_tracker_linked_trackers",
+        "Other trackers known.",
+        s.trackers as f64,
+    );
+    m.finish()
+}
+
 fn serve(args: Args, links: Vec<SocketAddr>, signals: Receiver<i32>) -> Result<(), String> {
     let id = random_u64();
     let config = Config {
@@ -149,8 +192,26 @@ fn serve(args: Args, links: Vec<SocketAddr>, signals: Receiver<i32>) -> Result<(
         ..Config::default()
     };
     let links = config.links.clone();
+    let metrics_at = match args.metrics.as_str() {
+        "off" => None,
+        m => Some(resolve("--metrics", m)?),
+    };
     // The bind errors name the address (and so the flag).
-    let tracker = Tracker::start(config).map_err(|e| format!("cannot start the tracker: {e}"))?;
+    let tracker =
+        Rc::new(Tracker::start(config).map_err(|e| format!("cannot start the tracker: {e}"))?);
+    let http = match metrics_at {
+        Some(at) => {
+            let t = tracker.clone();
+            let routes = Routes {
+                metrics: Some(Rc::new(move || metrics(&t))),
+                ..Routes::default()
+            };
+            let server = Server::bind(at, routes).map_err(|e| format!("{e} (--metrics)"))?;
+            let bound = server.local_addr();
+            Some((server.start(), bound))
+        }
+        None => None,
+    };
     let relay = match args.relay {
         Some(at) => {
             let sock = RudpSocket::bind(at, rudp_config())
@@ -162,7 +223,7 @@ fn serve(args: Args, links: Vec<SocketAddr>, signals: Receiver<i32>) -> Result<(
     };
     let links: Vec<String> = links.iter().map(ToString::to_string).collect();
     say(format!(
-        "tracker {id:016x}: tcp {} udp {} udp-alt {} relay {} links [{}]",
+        "tracker {id:016x}: tcp {} udp {} udp-alt {} relay {} metrics {} links [{}]",
         tracker.tcp_addr(),
         tracker.udp_addr(),
         tracker
@@ -171,6 +232,8 @@ fn serve(args: Args, links: Vec<SocketAddr>, signals: Receiver<i32>) -> Result<(
         relay
             .as_ref()
             .map_or_else(|| "none".to_string(), |(_, a)| a.to_string()),
+        http.as_ref()
+            .map_or_else(|| "off".to_string(), |(_, a)| format!("http://{a}/metrics")),
         links.join(", ")
     ));
     let sig = signals.recv().map_err(|_| "the signal thread ended")?;
