@@ -81,6 +81,8 @@ struct HubInner {
     dropped: Cell<u64>,
     /// Bytes written to subscribers' sockets.
     bytes_out: Cell<u64>,
+    /// Whether new subscribers wait for a join point ([`Hub::aligned`]).
+    aligned: bool,
 }
 
 /// Why a subscription ends.
@@ -106,6 +108,9 @@ struct Sub {
     /// The viewer's connection, shut down when the subscriber is cut off
     /// (so a writer stuck on a full socket wakes up).
     conn: Weak<TcpStream>,
+    /// False until the first join point (aligned hubs): nothing is queued
+    /// before it.
+    started: Cell<bool>,
 }
 
 impl Sub {
@@ -181,6 +186,10 @@ impl Hub {
     /// A hub that lets each viewer fall behind by at most
     /// `max_queued_bytes` (e.g. 4 MiB, a few seconds of video).
     pub fn new(max_queued_bytes: usize) -> Hub {
+        Hub::build(max_queued_bytes, false)
+    }
+
+    fn build(max_queued_bytes: usize, aligned: bool) -> Hub {
         Hub {
             inner: Rc::new(HubInner {
                 max_queued: max_queued_bytes,
@@ -188,8 +197,37 @@ impl Hub {
                 closed: Cell::new(false),
                 dropped: Cell::new(0),
                 bytes_out: Cell::new(0),
+                aligned,
             }),
         }
+    }
+
+    /// Like [`Hub::new`], for a stream a player can only start at certain
+    /// points (MPEG-TS: its tables, then a key frame): a new subscriber
+    /// gets nothing until the next [`Hub::push_join_point`].
+    pub fn aligned(max_queued_bytes: usize) -> Hub {
+        Hub::build(max_queued_bytes, true)
+    }
+
+    /// Pushes `bytes`, which a player may start with when it gets `header`
+    /// first: subscribers still waiting to start get `header` and `bytes`,
+    /// the others `bytes`.
+    pub fn push_join_point(&self, header: &[u8], bytes: &[u8]) {
+        let waiting: Vec<Rc<Sub>> = self
+            .inner
+            .subs
+            .borrow()
+            .iter()
+            .filter(|s| !s.started.get())
+            .cloned()
+            .collect();
+        for s in &waiting {
+            s.started.set(true);
+        }
+        if !header.is_empty() && !waiting.is_empty() {
+            self.push_to(header, |s| waiting.iter().any(|w| std::ptr::eq(&**w, s)));
+        }
+        self.push(bytes);
     }
 
     /// Appends `bytes` to every subscriber's queue, without waiting. A
@@ -197,6 +235,11 @@ impl Hub {
     /// (its connection closed, [`Hub::dropped`] counts it). Ignored after
     /// [`Hub::close`].
     pub fn push(&self, bytes: &[u8]) {
+        self.push_to(bytes, |s| s.started.get());
+    }
+
+    /// Appends `bytes` to the queues of the subscribers `to` picks.
+    fn push_to(&self, bytes: &[u8], to: impl Fn(&Sub) -> bool) {
         let h = &*self.inner;
         if bytes.is_empty() || h.closed.get() {
             return;
@@ -209,6 +252,9 @@ impl Hub {
             }
             let chunk: Rc<[u8]> = Rc::from(bytes);
             subs.retain(|s| {
+                if !to(s) {
+                    return true;
+                }
                 let queued = s.queued.get() + bytes.len();
                 if queued > h.max_queued {
                     cut.push(s.clone());
@@ -277,6 +323,7 @@ impl Hub {
             end: Cell::new(None),
             bell: RefCell::new(Some(tx)),
             conn,
+            started: Cell::new(!self.inner.aligned),
         });
         self.inner.subs.borrow_mut().push(sub.clone());
         Some(Subscription {

@@ -38,6 +38,7 @@ use libnet::time::sleep;
 use p2p_apps::http::{Hub, Routes, Server};
 use p2p_apps::media::frag::Depacketizer;
 use p2p_apps::media::output::Remuxer;
+use p2p_apps::media::ts::{Piece, Splitter};
 use p2p_apps::media::{Kind, StreamInfo};
 use p2p_apps::node::{now_us, run_main, say, signal_name, signals, TRACKER_TIMEOUT};
 use p2p_apps::sched::{Action, Config as SchedConfig, Scheduler, SupplierId};
@@ -115,6 +116,15 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// A fetch gives up after this.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The bitrate is averaged over this.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Wait between attempts to reach a lost edge.
+const EDGE_RETRY: Duration = Duration::from_secs(2);
+
+/// With nothing new from anyone for this long, the broadcast has ended.
+const ENDED_AFTER: Duration = Duration::from_secs(20);
+
 /// Seconds of stream kept to share.
 const KEEP: Duration = Duration::from_secs(10);
 
@@ -144,7 +154,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    run_main("client", move || run(setup, &sig))
+    // Time to first frame counts from here: what a user waits for.
+    let started = Instant::now();
+    run_main("client", move || run(setup, &sig, started))
 }
 
 /// The flags, resolved before the runtime starts.
@@ -244,6 +256,9 @@ struct App {
     me: NodeId,
     room: RoomId,
     started: Instant,
+    /// When we joined (the source's clock): fragments made before are old
+    /// by design and left out of the latency figures.
+    joined_us: u64,
     setup: Setup,
     sock: Rc<RudpSocket>,
     tracker: TrackerClient,
@@ -257,8 +272,9 @@ struct App {
     remux: RefCell<Option<Remuxer>>,
     counts: Cell<Counts>,
     latencies: RefCell<VecDeque<u64>>,
-    /// Bytes received in the last seconds, for the bitrate.
+    /// Bytes received in the last [`RATE_WINDOW`], for the bitrate.
     recent: RefCell<VecDeque<(Instant, usize)>>,
+    last_fragment: Cell<Option<Instant>>,
     kick: Sender<()>,
     jobs: Sender<Job>,
     waiting: RefCell<HashMap<u64, oneshot::Sender<NodeInfo>>>,
@@ -288,7 +304,7 @@ impl App {
     }
 }
 
-fn run(setup: Setup, sig: &Receiver<i32>) -> Result<(), String> {
+fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String> {
     let room = setup.a.room;
     let sock = RudpSocket::bind(setup.bind, rudp_config())
         .map_err(|e| format!("cannot bind {} (--bind): {e}", setup.bind))?;
@@ -362,8 +378,8 @@ fn run(setup: Setup, sig: &Receiver<i32>) -> Result<(), String> {
         ..StoreConfig::default()
     });
     let server = PeerServer::new(store.clone(), ServerConfig::default());
-    let (hub_tx, hub_rx) = channel::<Vec<u8>>(256);
-    let hub = Hub::new(4 << 20);
+    let (hub_tx, hub_rx) = channel::<Piece>(256);
+    let hub = Hub::aligned(4 << 20);
     let remux = start_output(&setup, &info, hub_tx)?;
     let (kick, kicked) = channel::<()>(1);
     let (jobs, job_rx) = channel::<Job>(MAX_JOBS);
@@ -386,7 +402,8 @@ fn run(setup: Setup, sig: &Receiver<i32>) -> Result<(), String> {
     let app = Rc::new(App {
         me,
         room,
-        started: now,
+        started,
+        joined_us: now_us(),
         sock: Rc::new(sock),
         tracker,
         edge_addr: edge.public,
@@ -403,6 +420,7 @@ fn run(setup: Setup, sig: &Receiver<i32>) -> Result<(), String> {
         counts: Cell::new(Counts::default()),
         latencies: RefCell::new(VecDeque::new()),
         recent: RefCell::new(VecDeque::new()),
+        last_fragment: Cell::new(None),
         kick,
         jobs,
         waiting: RefCell::new(HashMap::new()),
@@ -447,8 +465,11 @@ fn run(setup: Setup, sig: &Receiver<i32>) -> Result<(), String> {
     {
         let h = hub.clone();
         drop(libnet::spawn(move || {
-            while let Ok(b) = hub_rx.recv() {
-                h.push(&b);
+            while let Ok(p) = hub_rx.recv() {
+                match &p.join {
+                    Some(header) => h.push_join_point(header, &p.bytes),
+                    None => h.push(&p.bytes),
+                }
             }
             h.close();
         }));
@@ -507,7 +528,7 @@ fn frame_time((num, den): (i32, i32)) -> Duration {
 
 /// Starts the remuxer whose MPEG-TS goes to the file, stdout and the HTTP
 /// hub (the latter through `hub`, to the loop).
-fn start_output(setup: &Setup, info: &StreamInfo, hub: Sender<Vec<u8>>) -> Result<Remuxer, String> {
+fn start_output(setup: &Setup, info: &StreamInfo, hub: Sender<Piece>) -> Result<Remuxer, String> {
     let mut file = match &setup.a.out {
         Some(p) => {
             Some(BufWriter::new(File::create(p).map_err(|e| {
@@ -518,6 +539,8 @@ fn start_output(setup: &Setup, info: &StreamInfo, hub: Sender<Vec<u8>>) -> Resul
     };
     let mut stdout = setup.a.stdout.then(io::stdout);
     let http = setup.http.is_some();
+    // Players on HTTP join at a key frame, with the tables first.
+    let mut splitter = Splitter::new();
     let sink = Box::new(move |b: &[u8]| {
         if let Some(f) = &mut file {
             if let Err(e) = f.write_all(b).and_then(|()| f.flush()) {
@@ -532,9 +555,11 @@ fn start_output(setup: &Setup, info: &StreamInfo, hub: Sender<Vec<u8>>) -> Resul
             }
         }
         if http {
-            // A plain thread: blocks this thread only, and only while the
-            // loop is behind by the whole queue.
-            let _ = hub.send(b.to_vec());
+            for piece in splitter.push(b) {
+                // A plain thread: blocks this thread only, and only while
+                // the loop is behind by the whole queue.
+                let _ = hub.send(piece);
+            }
         }
         file.is_some() || stdout.is_some() || http
     });
@@ -729,7 +754,16 @@ fn received(
         c.fragments += 1;
         c.bytes += data.len() as u64;
     });
-    app.recent.borrow_mut().push_back((now, data.len()));
+    app.last_fragment.set(Some(now));
+    let mut recent = app.recent.borrow_mut();
+    recent.push_back((now, data.len()));
+    while recent.front().is_some_and(|(t, _)| now - *t > RATE_WINDOW) {
+        recent.pop_front();
+    }
+    drop(recent);
+    if timestamp < app.joined_us {
+        return;
+    }
     let lat = now_us().saturating_sub(timestamp);
     let mut l = app.latencies.borrow_mut();
     if l.len() >= LATENCY_SAMPLES {
@@ -865,6 +899,10 @@ fn poll_map(app: &Rc<App>, s: SupplierId) {
                 Ok(None) => {}
                 Err(e) => {
                     log::debug!("client: supplier {} gone: {e}", link.remote());
+                    if s == EDGE {
+                        reconnect_edge(app, &e);
+                        break;
+                    }
                     drop_supplier(app, s, false);
                     return;
                 }
@@ -872,6 +910,37 @@ fn poll_map(app: &Rc<App>, s: SupplierId) {
         }
         app.kick();
         sleep(MAP_EVERY);
+    }
+}
+
+/// The edge link failed: peers carry on meanwhile; try again every
+/// [`EDGE_RETRY`] until it answers.
+fn reconnect_edge(app: &Rc<App>, why: &io::Error) {
+    say(format!(
+        "client: lost the edge at {} ({why}); reconnecting",
+        app.edge_addr
+    ));
+    app.sched.borrow_mut().remove_supplier(EDGE);
+    app.suppliers.borrow_mut().remove(&EDGE);
+    while !app.stop.get() {
+        sleep(EDGE_RETRY);
+        let link = PeerLink::connect(&app.sock, app.edge_addr, client_config())
+            .and_then(|l| l.init(app.room, Channel::Video).map(|_| l));
+        match link {
+            Ok(link) => {
+                app.suppliers.borrow_mut().insert(
+                    EDGE,
+                    Supplier {
+                        link: Rc::new(link),
+                        relayed: false,
+                    },
+                );
+                app.sched.borrow_mut().add_supplier(EDGE, true);
+                say(format!("client: edge {} is back", app.edge_addr));
+                return;
+            }
+            Err(e) => log::debug!("client: edge still unreachable: {e}"),
+        }
     }
 }
 
@@ -1132,9 +1201,21 @@ fn wait_end(app: &App, sig: &Receiver<i32>) -> String {
     let limit = app.setup.a.duration.map(Duration::from_secs);
     loop {
         let left = limit.map(|l| l.saturating_sub(app.started.elapsed()));
-        let wait = left.unwrap_or(Duration::from_secs(3600));
+        let wait = left
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
         if wait.is_zero() {
             return "the end of --duration".into();
+        }
+        let quiet = app
+            .last_fragment
+            .get()
+            .map_or(app.started.elapsed(), |t| t.elapsed());
+        if quiet > ENDED_AFTER {
+            return format!(
+                "the end of the broadcast (nothing new for {} s)",
+                quiet.as_secs()
+            );
         }
         match sig.recv_timeout(wait) {
             Ok(s) => return signal_name(s).into(),

@@ -443,7 +443,7 @@ fn cpu_secs() -> f64 {
 }
 
 /// Encode cost of the test pattern and the size of its output, for the
-/// docs: `cargo test --release -p p2p-apps --lib media::output::tests::measure -- --ignored --nocapture`
+/// docs: `cargo test --release -p p2p-apps --lib media::e2e::measure -- --ignored --nocapture`
 /// (set `P2P_MEDIA_OUT=DIR` to keep the TS files).
 #[test]
 #[ignore]

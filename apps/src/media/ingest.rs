@@ -35,14 +35,16 @@ pub enum Input {
         /// Video bit rate in kbit/s.
         video_kbps: u32,
     },
-    /// A media file, its first video and first audio stream passed through.
+    /// A media file: its first video and first audio stream, passed
+    /// through (re-encoded to H.264/AAC if MPEG-TS cannot carry them).
     File {
         /// The file.
         path: PathBuf,
         /// Start again at the end, timestamps still increasing.
         looped: bool,
     },
-    /// A live input FFmpeg opens (not paced: it is live already).
+    /// A live input FFmpeg opens (not paced: it is live already); streams
+    /// as for files.
     Url {
         /// E.g. `/dev/video0`, `rtmp://0.0.0.0:1935/live/x` (listens),
         /// `udp://0.0.0.0:5000`, `srt://0.0.0.0:9000?mode=listener`.

@@ -6,15 +6,16 @@
 //!  client:  (network) ─payload─▶ Depacketizer::push() ─Packet─▶ Remuxer::push() ─TS bytes─▶ sink
 //! ```
 //!
-//! - [`mod@self`] (this file): the types, without FFmpeg: [`StreamInfo`] (the
+//! - this file: the types, without FFmpeg: [`StreamInfo`] (the
 //!   stream's metadata, with its own byte encoding), [`Packet`], the errors.
 //! - [`frag`]: packets to fragment payloads and back (sans-IO, no FFmpeg).
 //! - [`ingest`]: the source's input (test pattern, file, live URL) with FFmpeg.
 //! - [`output`]: the client's remux to MPEG-TS with FFmpeg.
 //! - [`probe`]: decodes a file and counts frames (tests, checks).
-//! - `nal` (private): pure-Rust bitstream rewrites (AVCC to Annex B, ADTS)
-//!   and the extradata read-back, since the safe FFmpeg binding cannot set or
-//!   read codec extradata directly.
+//! - private: `transcode` (the encoders; re-encoding codecs MPEG-TS cannot
+//!   carry), `nal` (pure-Rust bitstream rewrites: AVCC to Annex B, ADTS; the
+//!   extradata read-back — the safe FFmpeg binding can neither set nor read
+//!   codec extradata), `ff` (shared FFmpeg helpers).
 //!
 //! The byte formats are described in `docs/media.md`.
 
@@ -28,11 +29,12 @@ pub mod ingest;
 mod nal;
 pub mod output;
 pub mod probe;
+pub mod ts;
 mod transcode;
 
 pub use frag::{starts_key, Chunk, Depacketizer, Packetizer};
 pub use ingest::{Ingest, Input};
-pub use output::{RemuxStats, Remuxer};
+pub use output::{RemuxStats, Remuxer, Sink};
 
 /// Which elementary stream a packet belongs to. The network carries each on
 /// its own channel.
