@@ -69,9 +69,10 @@ cleanup() {
     if command -v ffprobe >/dev/null; then
         for f in "$OUT"/viewer-*.ts; do
             [ -s "$f" ] || continue
-            d=$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$f" || echo "?")
-            echo "== $f: ${d}s, $(ffprobe -v error -count_frames -select_streams v:0 \
-                -show_entries stream=nb_read_frames -of csv=p=0 "$f" || echo "?") video frames"
+            d=$(ffprobe -v error -show_entries format=duration -of default=nw=1:nk=1 "$f" | head -1)
+            n=$(ffprobe -v error -count_frames -select_streams v:0 \
+                -show_entries stream=nb_read_frames -of default=nw=1:nk=1 "$f" | head -1)
+            echo "== $f: ${d:-?} s, ${n:-?} video frames (ffplay $f)"
         done
     fi
 }
