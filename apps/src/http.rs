@@ -1282,6 +1282,37 @@ mod tests {
     }
 
     #[test]
+    fn an_aligned_hub_starts_each_viewer_at_a_join_point_with_its_header() {
+        run(|| {
+            let hub = Hub::aligned(4 << 20);
+            let addr = serve_on_loopback(Routes {
+                live: Some(hub.clone()),
+                ..text_routes()
+            });
+            let (a, _) = viewer(addr, connect(addr));
+            wait_until("subscribed", || hub.subscribers() == 1);
+            hub.push(b"mid-frame");
+            hub.push_join_point(b"HDR", b"KEY1");
+            hub.push(b"p1");
+            let (b, _) = viewer(addr, connect(addr));
+            wait_until("both subscribed", || hub.subscribers() == 2);
+            hub.push(b"p2");
+            hub.push_join_point(b"HDR", b"KEY2");
+            hub.push(b"p3");
+            hub.close();
+            let mut got_a = Vec::new();
+            (&a).read_to_end(&mut got_a).expect("a");
+            let mut got_b = Vec::new();
+            (&b).read_to_end(&mut got_b).expect("b");
+            assert_eq!(
+                got_a, b"HDRKEY1p1p2KEY2p3",
+                "nothing before the first join point"
+            );
+            assert_eq!(got_b, b"HDRKEY2p3", "a late viewer waits for the next one");
+        });
+    }
+
+    #[test]
     fn a_viewer_that_never_reads_is_cut_off_and_the_other_keeps_up() {
         run(|| {
             const BOUND: usize = 256 << 10;
