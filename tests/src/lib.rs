@@ -6,8 +6,8 @@
 //! network namespaces of its own (198.18.0.0/15). Waiting loops are bounded
 //! in count and time.
 
-pub mod cases;
 pub mod apps;
+pub mod cases;
 pub mod netlab;
 
 use std::io::{self, Read, Write};

@@ -72,7 +72,7 @@ struct Args {
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:0")]
     bind: SocketAddr,
     /// Peers to pull from at most (0: the edge only).
-    #[arg(long, value_name = "N", default_value_t = 6,
+    #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u64).range(0..=64))]
     peers: u64,
     /// How far behind the live edge playback runs, in milliseconds: the
@@ -791,7 +791,9 @@ fn play(app: &App, now: Instant) {
                             let remux = app.remux.borrow();
                             if let Some(r) = remux.as_ref() {
                                 for p in packets {
+                                    // The player shows nothing before a key frame.
                                     if p.kind == Kind::Video
+                                        && p.key
                                         && app.counts.get().first_frame_ms.is_none()
                                     {
                                         let ms = u64::try_from(app.started.elapsed().as_millis())

@@ -92,7 +92,11 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
         .ok_or("expected WIDTHxHEIGHT, e.g. 640x360")?;
     let w: u32 = w.parse().map_err(|_| "bad width")?;
     let h: u32 = h.parse().map_err(|_| "bad height")?;
-    if !(16..=7680).contains(&w) || !(16..=4320).contains(&h) || !w.is_multiple_of(2) || !h.is_multiple_of(2) {
+    if !(16..=7680).contains(&w)
+        || !(16..=4320).contains(&h)
+        || !w.is_multiple_of(2)
+        || !h.is_multiple_of(2)
+    {
         return Err("size must be even, 16x16 to 7680x4320".into());
     }
     Ok((w, h))

@@ -29,8 +29,8 @@ pub mod ingest;
 mod nal;
 pub mod output;
 pub mod probe;
-pub mod ts;
 mod transcode;
+pub mod ts;
 
 pub use frag::{starts_key, Chunk, Depacketizer, Packetizer};
 pub use ingest::{Ingest, Input};
