@@ -804,3 +804,33 @@ fn the_store_and_the_queue_are_bounded() {
         });
     });
 }
+
+#[test]
+fn a_buffer_map_shows_which_fragments_are_held_holes_included() {
+    bounded(LIMIT, || {
+        run_on(1, || {
+            let st = store(50);
+            fill(&st, Channel::Video, 100..104, video_size);
+            fill(&st, Channel::Video, 110..111, video_size);
+            let (_server, addr) = serve(st.clone(), ServerConfig::default(), rudp_config());
+            let sock = RudpSocket::bind(any(), rudp_config()).expect("bind");
+            let link = PeerLink::connect(&sock, addr, ClientConfig::default()).expect("link");
+            // 100..=103 and 110: bits 0-3 and 10.
+            assert_eq!(
+                link.map(ROOM, Channel::Video).expect("map"),
+                (100, vec![0x0f, 0x04])
+            );
+            assert_eq!(link.map(ROOM, Channel::Audio).expect("map"), (0, vec![]));
+            assert_eq!(
+                link.map(ROOM + 1, Channel::Video).expect("map"),
+                (0, vec![])
+            );
+            // The map follows the store.
+            fill(&st, Channel::Video, 104..110, video_size);
+            assert_eq!(
+                link.map(ROOM, Channel::Video).expect("map"),
+                (100, vec![0xff, 0x07])
+            );
+        });
+    });
+}

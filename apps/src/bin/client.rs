@@ -26,7 +26,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use libnet::p2p::client::{peer_addrs, punch, whoami_rudp, Hello, TrackerClient};
+use libnet::p2p::client::{peer_addrs, punch_via, whoami_rudp, Hello, TrackerClient};
 use libnet::p2p::peer::{ClientConfig, FetchResult, PeerLink, PeerServer, ServerConfig};
 use libnet::p2p::store::{FragmentStore, SharedStore, StoreConfig};
 use libnet::p2p::wire::{ErrorCode, Message};
@@ -134,6 +134,9 @@ const LATENCY_SAMPLES: usize = 2000;
 /// Punch jobs queued.
 const MAX_JOBS: usize = 32;
 
+/// Punches run at once.
+const MAX_PUNCHES: usize = 8;
+
 /// Nodes we will not try again (they failed or lied), at most.
 const MAX_BANNED: usize = 1024;
 
@@ -219,19 +222,60 @@ struct Lane {
     kind: Kind,
     /// The next id to hand to the player.
     next: u64,
-    /// When `next` is due, and how long each fragment lasts.
+    /// A fragment's due time, and how long each fragment lasts: at first
+    /// a guess from the codec parameters, then from the source's
+    /// timestamps (see [`Lane::observe`]).
     anchor: (u64, Instant),
     per_fragment: Duration,
+    /// How long after the source made a fragment it is due here: fixed by
+    /// the first fragment that arrives.
+    offset: Option<Duration>,
+    /// Recent (id, source timestamp) pairs, oldest first, for the rate.
+    seen: VecDeque<(u64, u64)>,
     depack: Depacketizer,
     /// Since when the player has been waiting for `next` past its deadline.
     stalled_since: Option<Instant>,
 }
 
+/// Timestamps kept per lane for the fragment rate.
+const RATE_SAMPLES: usize = 64;
+
 impl Lane {
     fn deadline(&self, id: u64) -> Instant {
         let (aid, at) = self.anchor;
-        let n = u32::try_from(id.saturating_sub(aid)).unwrap_or(u32::MAX);
-        at + self.per_fragment * n
+        if id >= aid {
+            let n = u32::try_from(id - aid).unwrap_or(u32::MAX);
+            at + self.per_fragment * n
+        } else {
+            let n = u32::try_from(aid - id).unwrap_or(u32::MAX);
+            at.checked_sub(self.per_fragment * n).unwrap_or(at)
+        }
+    }
+
+    /// A fragment arrived, made at `ts` (the source's clock, µs) which is
+    /// `made` here. The due times follow the source's clock from then on:
+    /// a rate guessed from the codec drifts (audio fragments hold whole
+    /// AAC frames, so "100 ms" is 106.7 ms), and a drift eats the buffer.
+    fn observe(&mut self, id: u64, ts: u64, made: Instant) {
+        if self.offset.is_none() {
+            self.offset = Some(self.deadline(id).saturating_duration_since(made));
+        }
+        if self.seen.back().is_some_and(|&(last, _)| id <= last) {
+            return;
+        }
+        self.seen.push_back((id, ts));
+        while self.seen.len() > RATE_SAMPLES {
+            self.seen.pop_front();
+        }
+        if let (Some(&(i0, t0)), Some(&(i1, t1))) = (self.seen.front(), self.seen.back()) {
+            if i1 > i0 + 4 && t1 > t0 {
+                let pf = (t1 - t0) / (i1 - i0);
+                self.per_fragment = Duration::from_micros(pf)
+                    .clamp(Duration::from_millis(5), Duration::from_secs(1));
+            }
+        }
+        let offset = self.offset.unwrap_or_default();
+        self.anchor = (id, made + offset);
     }
 }
 
@@ -283,6 +327,9 @@ struct App {
     banned: RefCell<HashSet<NodeId>>,
     nat: NatType,
     stop: Cell<bool>,
+    /// Punches running, and where each one's probes go (by token).
+    punching: Cell<usize>,
+    probes: RefCell<HashMap<u64, Sender<(SocketAddr, Vec<u8>)>>>,
     /// With --evil-tamper: our clean copies, by (channel, id); bounded.
     clean: RefCell<BTreeMap<(u8, u64), Vec<u8>>>,
 }
@@ -396,6 +443,8 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
         next: 0,
         anchor: (0, now + delay),
         per_fragment,
+        offset: None,
+        seen: VecDeque::new(),
         depack: Depacketizer::new(),
         stalled_since: None,
     };
@@ -429,6 +478,8 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
         nat,
         stop: Cell::new(false),
         clean: RefCell::new(BTreeMap::new()),
+        punching: Cell::new(0),
+        probes: RefCell::new(HashMap::new()),
         setup,
     });
     join_at_live(&app, &edge_link)?;
@@ -478,6 +529,7 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
     spawn(&app, |a| poll_map(a, EDGE));
     spawn(&app, dispatch);
     spawn(&app, move |a| work(a, &job_rx));
+    spawn(&app, route_raw);
     spawn(&app, discover);
     spawn(&app, heartbeat);
     spawn(&app, report);
@@ -750,6 +802,14 @@ fn received(
     app.sched
         .borrow_mut()
         .on_fragment(s, ch, id, data.len(), now);
+    // When the source made it, on our clock: now minus its age. (Across
+    // machines the clocks' offset is in the age; it cancels out, as only
+    // differences between fragments count after the first.)
+    let age = Duration::from_micros(now_us().saturating_sub(timestamp));
+    let made = now.checked_sub(age).unwrap_or(now);
+    if let Some(lane) = app.lanes.borrow_mut().iter_mut().find(|l| l.channel == ch) {
+        lane.observe(id, timestamp, made);
+    }
     app.bump(|c| {
         c.fragments += 1;
         c.bytes += data.len() as u64;
@@ -833,9 +893,14 @@ fn play(app: &App, now: Instant) {
                 }
             }
         }
-        app.sched
-            .borrow_mut()
-            .set_playhead(lane.channel, lane.next, now);
+        let mut sched = app.sched.borrow_mut();
+        sched.set_playhead(lane.channel, lane.next, now);
+        sched.set_clock(
+            lane.channel,
+            lane.next,
+            lane.deadline(lane.next),
+            lane.per_fragment,
+        );
     }
 }
 
@@ -1014,18 +1079,69 @@ fn dispatch(app: &Rc<App>) {
     }
 }
 
-/// Connects to peers and answers their punches, one at a time (a punch
-/// reads every raw datagram of the socket while it runs).
+/// Connects to peers and answers their punches, up to [`MAX_PUNCHES`] at
+/// once (each punch gets its own probes from [`route_raw`]). Answers must
+/// not wait behind our own attempts: the peer's attempt times out while it
+/// waits for our answer.
 fn work(app: &Rc<App>, jobs: &Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
+        while app.punching.get() >= MAX_PUNCHES && !app.stop.get() {
+            sleep(Duration::from_millis(20));
+        }
         if app.stop.get() {
             return;
         }
-        match job {
-            Job::Connect(peer) => connect(app, &peer),
-            Job::Accept { peer, token } => answer(app, &peer, token),
+        app.punching.set(app.punching.get() + 1);
+        spawn(app, move |a| {
+            match job {
+                Job::Connect(peer) => connect(a, &peer),
+                Job::Accept { peer, token } => answer(a, &peer, token),
+            }
+            a.punching.set(a.punching.get() - 1);
+        });
+    }
+}
+
+/// Hands each punch probe arriving on the socket to the attempt it names
+/// (by token); drops other raw datagrams.
+fn route_raw(app: &Rc<App>) {
+    while !app.stop.get() {
+        let (from, data) = match app.sock.recv_raw(None) {
+            Ok(d) => d,
+            Err(e) => {
+                log::debug!("client: raw datagrams ended: {e}");
+                return;
+            }
+        };
+        if let Ok(Message::PunchProbe { token, .. }) = Message::decode_frame(&data) {
+            if let Some(tx) = app.probes.borrow().get(&token) {
+                // Full: the attempt is behind; probes repeat anyway.
+                let _ = tx.try_send((from, data));
+            }
         }
     }
+}
+
+/// Punches for attempt `token`, with the probes [`route_raw`] routes to it.
+fn punch_attempt(app: &App, peer: &NodeInfo, token: u64) -> io::Result<SocketAddr> {
+    let (tx, rx) = channel::<(SocketAddr, Vec<u8>)>(64);
+    app.probes.borrow_mut().insert(token, tx);
+    let opts = libnet::p2p::connect::Options::default();
+    let r = punch_via(
+        |to, frame| app.sock.send_foreign(to, frame),
+        |wait| {
+            rx.recv_timeout(wait).map_err(|e| match e {
+                RecvTimeoutError::Timeout => io::Error::from(io::ErrorKind::TimedOut),
+                RecvTimeoutError::Disconnected => io::Error::from(io::ErrorKind::BrokenPipe),
+            })
+        },
+        app.me,
+        peer_addrs(peer),
+        token,
+        opts.punch,
+    );
+    app.probes.borrow_mut().remove(&token);
+    r
 }
 
 fn connect(app: &Rc<App>, peer: &NodeInfo) {
@@ -1046,7 +1162,7 @@ fn connect(app: &Rc<App>, peer: &NodeInfo) {
         }
     };
     let opts = libnet::p2p::connect::Options::default();
-    match punch(&app.sock, app.me, peer_addrs(&info), token, opts.punch) {
+    match punch_attempt(app, &info, token) {
         Ok(addr) => match PeerLink::connect(&app.sock, addr, client_config()) {
             Ok(link) => {
                 app.bump(|c| c.punched += 1);
@@ -1090,7 +1206,7 @@ fn answer(app: &Rc<App>, peer: &NodeInfo, token: u64) {
         return;
     }
     let opts = libnet::p2p::connect::Options::default();
-    match punch(&app.sock, app.me, peer_addrs(peer), token, opts.punch) {
+    match punch_attempt(app, peer, token) {
         Ok(addr) => {
             // Pull from it too, if we want more peers: the hole is open.
             let want = app.suppliers.borrow().len() <= peer_limit(app);
@@ -1242,6 +1358,7 @@ struct Status {
     served: u64,
     late: u64,
     on_time: u64,
+    sched: p2p_apps::sched::SchedStats,
 }
 
 fn status(app: &App) -> Status {
@@ -1303,6 +1420,7 @@ fn status(app: &App) -> Status {
         counts: app.counts.get(),
         served: app.server.stats().bytes_sent,
         late: st.late,
+        sched: st.clone(),
         on_time: st.fragments_edge + st.fragments_peers
             - st.late.min(st.fragments_edge + st.fragments_peers),
     }
@@ -1336,7 +1454,7 @@ fn status_json(app: &App) -> String {
     let s = status(app);
     let c = s.counts;
     format!(
-        "{{\"room\":{},\"node\":\"{:016x}\",\"uptime_s\":{:.1},\"buffer_s\":{:.2},\"bitrate_mbps\":{:.3},\"peers\":{},\"relayed_peers\":{},\"from_peers\":{:.4},\"bytes_from_edge\":{},\"bytes_from_peers\":{},\"bytes_served\":{},\"fragments\":{},\"on_time\":{},\"late\":{},\"skipped\":{},\"stalls\":{},\"stall_ms\":{},\"bad_fragments\":{},\"peers_dropped\":{},\"punched\":{},\"relayed\":{},\"punch_failed\":{},\"latency_p50_ms\":{},\"latency_p95_ms\":{},\"first_frame_ms\":{},\"output_dropped\":{}}}",
+        "{{\"room\":{},\"node\":\"{:016x}\",\"uptime_s\":{:.1},\"buffer_s\":{:.2},\"bitrate_mbps\":{:.3},\"peers\":{},\"relayed_peers\":{},\"from_peers\":{:.4},\"bytes_from_edge\":{},\"bytes_from_peers\":{},\"bytes_served\":{},\"fragments\":{},\"on_time\":{},\"late\":{},\"skipped\":{},\"stalls\":{},\"stall_ms\":{},\"bad_fragments\":{},\"peers_dropped\":{},\"punched\":{},\"relayed\":{},\"punch_failed\":{},\"latency_p50_ms\":{},\"latency_p95_ms\":{},\"first_frame_ms\":{},\"output_dropped\":{},\"requests\":{},\"ids_requested\":{},\"missing\":{},\"timeouts\":{},\"switches\":{},\"duplicates\":{},\"cancels\":{}}}",
         app.room,
         app.me,
         app.started.elapsed().as_secs_f64(),
@@ -1362,6 +1480,13 @@ fn status_json(app: &App) -> String {
         s.latency_p50_ms,
         s.latency_p95_ms,
         c.first_frame_ms.map_or_else(|| "null".to_string(), |v| v.to_string()),
-        c.output_dropped
+        c.output_dropped,
+        s.sched.requests,
+        s.sched.ids_requested,
+        s.sched.missing,
+        s.sched.timeouts,
+        s.sched.switches,
+        s.sched.duplicates,
+        s.sched.cancels
     )
 }

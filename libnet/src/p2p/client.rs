@@ -552,6 +552,29 @@ pub fn punch(
     token: u64,
     config: crate::nat::punch::Config,
 ) -> io::Result<SocketAddr> {
+    punch_via(
+        |to, frame| sock.send_foreign(to, frame),
+        |wait| sock.recv_raw(Some(wait)),
+        me,
+        peer,
+        token,
+        config,
+    )
+}
+
+/// [`punch`] over any datagram transport: `send(to, frame)` sends a probe
+/// (from the socket whose mapping is being opened), `recv(wait)` returns
+/// the next datagram that may be a probe of this attempt, or fails with
+/// `TimedOut` after `wait`. A node running several punches at once on one
+/// socket routes each attempt's probes (by token) to its own `recv`.
+pub fn punch_via(
+    mut send: impl FnMut(SocketAddr, &[u8]) -> io::Result<()>,
+    mut recv: impl FnMut(Duration) -> io::Result<(SocketAddr, Vec<u8>)>,
+    me: NodeId,
+    peer: crate::nat::punch::PeerAddrs,
+    token: u64,
+    config: crate::nat::punch::Config,
+) -> io::Result<SocketAddr> {
     use crate::nat::punch::{Outcome, Punch};
     use crate::time::clock_now;
     let mut p = Punch::new(token, me, peer, config, clock_now());
@@ -565,7 +588,7 @@ pub fn punch(
                 heard: probe.heard,
             }
             .to_frame()?;
-            if let Err(e) = sock.send_foreign(probe.to, &frame) {
+            if let Err(e) = send(probe.to, &frame) {
                 log::debug!("punch: probe to {} failed: {e}", probe.to);
             }
         }
@@ -582,7 +605,7 @@ pub fn punch(
         if wait.is_zero() {
             continue;
         }
-        match sock.recv_raw(Some(wait)) {
+        match recv(wait) {
             Ok((from, data)) => {
                 if let Ok(Message::PunchProbe {
                     token,

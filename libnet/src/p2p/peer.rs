@@ -19,13 +19,14 @@
 //! | request           | answer                                                    |
 //! |-------------------|-----------------------------------------------------------|
 //! | `Init`            | `InitReply` with the ids held (`first > last`: none)      |
+//! | `MapRequest`      | `Map`: a bitmap of the ids held (holes show)              |
 //! | `FragmentRequest` | one `Fragment` per id held, one `FragmentMissing` for the rest |
 //! | `Cancel`          | none; the ids still queued are not sent                   |
 //! | `MetaRequest`     | `MetaReply` (value `None` when absent)                    |
 //! | `Ping`            | `Pong` with the holder's workload and tracker count        |
 //! | `Heartbeat`       | none                                                      |
 //!
-//! Short replies (`InitReply`, `MetaReply`, `FragmentMissing`, `Pong`) go
+//! Short replies (`InitReply`, `Map`, `MetaReply`, `FragmentMissing`, `Pong`) go
 //! out before any queued fragment. Fragments wait in a per-connection queue
 //! ordered by priority, then by arrival: **a lower priority value is more
 //! urgent** (0 = the player needs it next; larger values are prefetching). A
@@ -68,7 +69,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::store::{max_meta_value, SharedStore};
-use super::wire::{ErrorCode, Message, MAX_IDS};
+use super::wire::{ErrorCode, Message, MAX_IDS, MAX_MAP_BYTES};
 use super::{Channel, RoomId};
 use crate::rudp::{RudpConnection, RudpSocket};
 use crate::sync::{self, oneshot, RecvTimeoutError};
@@ -395,6 +396,16 @@ fn handle_request(
                 channel,
                 first,
                 last,
+            })
+        }
+        Message::MapRequest { room, channel } => {
+            let map = sh.store.borrow().map(room, channel, MAX_MAP_BYTES);
+            let (first, bits) = map.unwrap_or((0, Vec::new()));
+            out.reply(&Message::Map {
+                room,
+                channel,
+                first,
+                bits,
             })
         }
         Message::FragmentRequest {
@@ -784,6 +795,7 @@ struct ClientState {
     waiting_count: usize,
     fetches: HashMap<u64, Fetch>,
     inits: Waiters<(RoomId, Channel), (u64, u64)>,
+    maps: Waiters<(RoomId, Channel), (u64, Vec<u8>)>,
     metas: Waiters<(RoomId, String), Option<Vec<u8>>>,
     pings: HashMap<u64, (Instant, oneshot::Sender<PingReply>)>,
     /// Entries in `inits`, `metas` and `pings`.
@@ -828,6 +840,7 @@ impl ClientShared {
             (
                 std::mem::take(&mut st.fetches),
                 std::mem::take(&mut st.inits),
+                std::mem::take(&mut st.maps),
                 std::mem::take(&mut st.metas),
                 std::mem::take(&mut st.pings),
             )
@@ -930,6 +943,15 @@ impl ClientShared {
             } => {
                 let w = self.pop_waiter(|st| &mut st.inits, &(room, channel));
                 w.is_some_and(|tx| tx.send((first, last)).is_ok())
+            }
+            Message::Map {
+                room,
+                channel,
+                first,
+                bits,
+            } => {
+                let w = self.pop_waiter(|st| &mut st.maps, &(room, channel));
+                w.is_some_and(|tx| tx.send((first, bits)).is_ok())
             }
             Message::MetaReply { room, key, value } => {
                 let w = self.pop_waiter(|st| &mut st.metas, &(room, key));
@@ -1063,6 +1085,7 @@ impl PeerClient {
                 waiting_count: 0,
                 fetches: HashMap::new(),
                 inits: HashMap::new(),
+                maps: HashMap::new(),
                 metas: HashMap::new(),
                 pings: HashMap::new(),
                 requests: 0,
@@ -1136,6 +1159,29 @@ impl PeerClient {
         }
         let (first, last) = r?;
         Ok((first <= last).then_some((first, last)))
+    }
+
+    /// The peer's buffer map of (room, channel): `(first, bits)`, bit `i`
+    /// set when it holds `first + i` (see [`Message::Map`]); empty `bits`
+    /// when it holds none. Waits up to `request_timeout`.
+    pub fn map(&self, room: RoomId, channel: Channel) -> io::Result<(u64, Vec<u8>)> {
+        let token = self.sh.reserve_request()?;
+        let (tx, rx) = oneshot::channel();
+        let key = (room, channel);
+        self.sh
+            .state
+            .borrow_mut()
+            .maps
+            .entry(key)
+            .or_default()
+            .push_back((token, tx));
+        let r = self
+            .send(&Message::MapRequest { room, channel })
+            .and_then(|()| self.wait(rx, self.sh.config.request_timeout, "map"));
+        if r.is_err() {
+            self.sh.remove_waiter(|st| &mut st.maps, &key, token);
+        }
+        r
     }
 
     /// Fetches fragments `ids` of (room, channel) at `priority` (0 is the
@@ -1486,6 +1532,11 @@ impl PeerLink {
     ) -> io::Result<Vec<FetchResult>> {
         self.channel(channel)
             .fetch(room, channel, ids, priority, timeout)
+    }
+
+    /// The buffer map on that channel's connection; see [`PeerClient::map`].
+    pub fn map(&self, room: RoomId, channel: Channel) -> io::Result<(u64, Vec<u8>)> {
+        self.channel(channel).map(room, channel)
     }
 
     /// Metadata on the meta connection; see [`PeerClient::meta`].

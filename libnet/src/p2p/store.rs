@@ -312,6 +312,27 @@ impl FragmentStore {
             .cloned()
     }
 
+    /// The buffer map of (room, channel): the newest id held and up to
+    /// `8 * max_bytes - 1` before it, as `(first, bits)` in the format of
+    /// [`Message::Map`] (bit `i` set: `first + i` is held); `None` if none
+    /// is held.
+    pub fn map(&self, room: RoomId, channel: Channel, max_bytes: usize) -> Option<(u64, Vec<u8>)> {
+        let frags = &self.rooms.get(&room)?.channel(channel).frags;
+        let (&oldest, _) = frags.first_key_value()?;
+        let (&newest, _) = frags.last_key_value()?;
+        let span = (max_bytes as u64).saturating_mul(8).max(1);
+        let first = oldest.max(newest.saturating_sub(span - 1));
+        let len = usize::try_from(newest - first).unwrap_or(usize::MAX) / 8 + 1;
+        let mut bits = vec![0u8; len];
+        for (&id, _) in frags.range(first..=newest) {
+            let i = usize::try_from(id - first).unwrap_or(usize::MAX);
+            if let Some(b) = bits.get_mut(i / 8) {
+                *b |= 1 << (i % 8);
+            }
+        }
+        Some((first, bits))
+    }
+
     /// Whether fragment `id` of (room, channel) is held.
     pub fn contains(&self, room: RoomId, channel: Channel, id: u64) -> bool {
         self.rooms
@@ -403,6 +424,22 @@ mod tests {
             max_rooms: 2,
             max_span: 0,
         })
+    }
+
+    #[test]
+    fn the_map_shows_holes_and_is_bounded() {
+        let mut s = store(100, 1 << 20);
+        assert_eq!(s.map(1, Channel::Video, 4), None);
+        for id in [10, 11, 13, 20] {
+            s.insert(1, Channel::Video, id, 0, b"x").expect("insert");
+        }
+        // 10..=20: bits 0, 1, 3 and 10.
+        assert_eq!(
+            s.map(1, Channel::Video, 4),
+            Some((10, vec![0b0000_1011, 0b0000_0100]))
+        );
+        // One byte covers 13..=20 only.
+        assert_eq!(s.map(1, Channel::Video, 1), Some((13, vec![0b1000_0001])));
     }
 
     #[test]

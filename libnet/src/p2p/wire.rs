@@ -107,6 +107,8 @@ pub const MAX_TRACKERS: usize = 256;
 pub const MAX_CHAT_USERS: usize = 256;
 /// Most node ids in one [`ChatUser::punched`].
 pub const MAX_PUNCHED: usize = 256;
+/// Most bytes of the bitmap in one [`Message::Map`] (8 ids a byte).
+pub const MAX_MAP_BYTES: usize = 512;
 
 // Type codes. Keep `type_name`, `Message::code` and `decode_payload` in step.
 const T_INIT: u8 = 0x01;
@@ -120,6 +122,8 @@ const T_META_REPLY: u8 = 0x08;
 const T_HEARTBEAT: u8 = 0x09;
 const T_PING: u8 = 0x0A;
 const T_PONG: u8 = 0x0B;
+const T_MAP_REQUEST: u8 = 0x0C;
+const T_MAP: u8 = 0x0D;
 
 const T_HELLO: u8 = 0x10;
 const T_HELLO_REPLY: u8 = 0x11;
@@ -165,6 +169,8 @@ fn type_name(code: u8) -> Option<&'static str> {
         T_HEARTBEAT => "Heartbeat",
         T_PING => "Ping",
         T_PONG => "Pong",
+        T_MAP_REQUEST => "MapRequest",
+        T_MAP => "Map",
         T_HELLO => "Hello",
         T_HELLO_REPLY => "HelloReply",
         T_TRACKER_INFO => "TrackerInfo",
@@ -392,6 +398,28 @@ pub enum Message {
         workload: u32,
         /// How many trackers the responder is connected to.
         trackers: u16,
+    },
+    /// 0x0C. Asks which fragments of (room, channel) the receiver holds;
+    /// answered by `Map`.
+    MapRequest {
+        /// The room.
+        room: RoomId,
+        /// The channel.
+        channel: Channel,
+    },
+    /// 0x0D. The buffer map: bit `i` of `bits` (byte `i / 8`, least
+    /// significant bit first) set means the sender holds fragment
+    /// `first + i`. It describes `first ..= first + 8 * bits.len() - 1`
+    /// and nothing else; empty `bits`: it holds none.
+    Map {
+        /// The room.
+        room: RoomId,
+        /// The channel.
+        channel: Channel,
+        /// The id of bit 0.
+        first: u64,
+        /// The bitmap (at most [`MAX_MAP_BYTES`]).
+        bits: Vec<u8>,
     },
 
     // --- Tracker protocol (TCP; node <-> tracker, tracker <-> tracker) ----
@@ -635,6 +663,8 @@ impl Message {
             Message::Heartbeat => T_HEARTBEAT,
             Message::Ping { .. } => T_PING,
             Message::Pong { .. } => T_PONG,
+            Message::MapRequest { .. } => T_MAP_REQUEST,
+            Message::Map { .. } => T_MAP,
             Message::Hello { .. } => T_HELLO,
             Message::HelloReply { .. } => T_HELLO_REPLY,
             Message::TrackerInfo { .. } => T_TRACKER_INFO,
@@ -774,6 +804,24 @@ impl Message {
                 w.u32(*room);
                 w.u8(channel.code());
                 w.ids(ids, MAX_IDS, "fragment id")?;
+            }
+            Message::MapRequest { room, channel } => {
+                w.u32(*room);
+                w.u8(channel.code());
+            }
+            Message::Map {
+                room,
+                channel,
+                first,
+                bits,
+            } => {
+                w.u32(*room);
+                w.u8(channel.code());
+                w.u64(*first);
+                w.count(bits.len(), MAX_MAP_BYTES, "map byte")?;
+                for &b in bits {
+                    w.u8(b);
+                }
             }
             Message::MetaRequest { room, key } => {
                 w.u32(*room);
@@ -1602,6 +1650,19 @@ fn decode_payload(code: u8, payload: &[u8]) -> Result<Message, DecodeError> {
             },
         },
         T_HEARTBEAT => Message::Heartbeat,
+        T_MAP_REQUEST => Message::MapRequest {
+            room: r.u32("room")?,
+            channel: r.channel()?,
+        },
+        T_MAP => Message::Map {
+            room: r.u32("room")?,
+            channel: r.channel()?,
+            first: r.u64("first id")?,
+            bits: {
+                let n = r.count(MAX_MAP_BYTES, "map byte")?;
+                r.take(n, "map")?.to_vec()
+            },
+        },
         T_PING => Message::Ping {
             nonce: r.u64("nonce")?,
             workload: r.u32("workload")?,
@@ -1850,6 +1911,8 @@ mod tests {
         T_HEARTBEAT,
         T_PING,
         T_PONG,
+        T_MAP_REQUEST,
+        T_MAP,
         T_HELLO,
         T_HELLO_REPLY,
         T_TRACKER_INFO,
@@ -1980,6 +2043,28 @@ mod tests {
                 room: 3,
                 channel: Channel::Video,
                 ids: vec![],
+            },
+            Message::MapRequest {
+                room: 3,
+                channel: Channel::Audio,
+            },
+            Message::Map {
+                room: 3,
+                channel: Channel::Audio,
+                first: 9,
+                bits: vec![0b1011, 0xff],
+            },
+            Message::Map {
+                room: 3,
+                channel: Channel::Video,
+                first: 0,
+                bits: vec![],
+            },
+            Message::Map {
+                room: 3,
+                channel: Channel::Video,
+                first: u64::MAX,
+                bits: vec![0x80; MAX_MAP_BYTES],
             },
             Message::Cancel {
                 room: 3,
@@ -2249,7 +2334,9 @@ mod tests {
                 | Message::MetaReply { .. }
                 | Message::Heartbeat
                 | Message::Ping { .. }
-                | Message::Pong { .. } => 0x01..=0x0F,
+                | Message::Pong { .. }
+                | Message::MapRequest { .. }
+                | Message::Map { .. } => 0x01..=0x0F,
                 Message::Hello { .. }
                 | Message::HelloReply { .. }
                 | Message::TrackerInfo { .. }
@@ -2421,6 +2508,12 @@ mod tests {
         let long = |n: usize| "a".repeat(n + 1);
         let addr = v4(1, 2, 3, 4, 5);
         let cases = vec![
+            Message::Map {
+                room: 1,
+                channel: Channel::Video,
+                first: 0,
+                bits: vec![0; MAX_MAP_BYTES + 1],
+            },
             Message::FragmentRequest {
                 room: 1,
                 channel: Channel::Video,
@@ -2929,6 +3022,20 @@ mod tests {
                     }
                 }
             ),
+            (any::<u32>(), channel())
+                .prop_map(|(room, channel)| Message::MapRequest { room, channel }),
+            (
+                any::<u32>(),
+                channel(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..=MAX_MAP_BYTES)
+            )
+                .prop_map(|(room, channel, first, bits)| Message::Map {
+                    room,
+                    channel,
+                    first,
+                    bits
+                }),
         ]
     }
 
