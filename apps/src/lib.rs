@@ -60,6 +60,28 @@ pub fn route_ip(to: SocketAddr) -> Option<IpAddr> {
     s.local_addr().ok().map(|a| a.ip())
 }
 
+/// The tracker's TCP address (`--tracker`) and its UDP (Whoami) address:
+/// `--tracker-udp` if given, else port 3478 of the tracker's host.
+pub fn tracker_addrs(tcp: &str, udp: Option<&str>) -> Result<(SocketAddr, SocketAddr), String> {
+    let tracker = resolve("--tracker", tcp)?;
+    let udp = match udp {
+        Some(u) => resolve("--tracker-udp", u)?,
+        None => SocketAddr::new(tracker.ip(), 3478),
+    };
+    Ok((tracker, udp))
+}
+
+/// `bind` with an unspecified IP (`0.0.0.0`) replaced by the address of the
+/// interface that routes to `to`, so the address peers are told works.
+pub fn concrete_bind(mut bind: SocketAddr, to: SocketAddr) -> SocketAddr {
+    if bind.ip().is_unspecified() {
+        if let Some(ip) = route_ip(to) {
+            bind.set_ip(ip);
+        }
+    }
+    bind
+}
+
 /// A NAT type as the chat prints it.
 pub fn nat_name(n: NatType) -> &'static str {
     match n {

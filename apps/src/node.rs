@@ -77,6 +77,30 @@ pub fn run_main(name: &str, main: impl FnOnce() -> Result<(), String> + 'static)
     }
 }
 
+/// A program's `main`: reports a flag error (exit 2), catches signals,
+/// and runs `run` on the runtime with the setup and the signals.
+pub fn start<S: 'static>(
+    name: &str,
+    setup: Result<S, String>,
+    run: impl FnOnce(S, &Receiver<i32>) -> Result<(), String> + 'static,
+) -> ExitCode {
+    let setup = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let sig = match signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    run_main(name, move || run(setup, &sig))
+}
+
 /// Prints a line on stderr from a pool thread (a loop thread must not block
 /// on a pipe); returns once it is written.
 pub fn say(line: String) {

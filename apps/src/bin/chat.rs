@@ -54,8 +54,8 @@ use libnet::rudp::{RudpConnection, RudpSocket};
 use libnet::sync::{channel, oneshot, Receiver, Sender};
 use libnet::time::sleep;
 use p2p_apps::{
-    check_name, hex_id, init_logging, nat_name, one_line, parse_command, resolve, route_ip,
-    user_line, Command, HELP,
+    check_name, concrete_bind, hex_id, init_logging, nat_name, one_line, parse_command, resolve,
+    tracker_addrs, user_line, Command, HELP,
 };
 
 /// Most peer connections at once.
@@ -124,11 +124,7 @@ struct Setup {
 impl Setup {
     /// Resolves names (blocking: before the runtime starts).
     fn new(a: Args) -> Result<Setup, String> {
-        let tracker = resolve("--tracker", &a.tracker)?;
-        let udp = match &a.tracker_udp {
-            Some(s) => resolve("--tracker-udp", s)?,
-            None => SocketAddr::new(tracker.ip(), 3478),
-        };
+        let (tracker, udp) = tracker_addrs(&a.tracker, a.tracker_udp.as_deref())?;
         let alt = match &a.tracker_udp_alt {
             Some(s) => resolve("--tracker-udp-alt", s)?,
             None => SocketAddr::new(tracker.ip(), 3479),
@@ -143,12 +139,7 @@ impl Setup {
             .as_deref()
             .map(|s| resolve("--relay", s))
             .transpose()?;
-        let mut bind = a.bind;
-        if bind.ip().is_unspecified() {
-            if let Some(ip) = route_ip(tracker) {
-                bind.set_ip(ip);
-            }
-        }
+        let bind = concrete_bind(a.bind, tracker);
         Ok(Setup {
             tracker,
             tracker_udp: udp,

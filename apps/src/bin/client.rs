@@ -40,10 +40,10 @@ use p2p_apps::media::frag::Depacketizer;
 use p2p_apps::media::output::Remuxer;
 use p2p_apps::media::ts::{Piece, Splitter};
 use p2p_apps::media::{Kind, StreamInfo};
-use p2p_apps::node::{now_us, run_main, say, signal_name, signals, TRACKER_TIMEOUT};
+use p2p_apps::node::{now_us, say, signal_name, start, TRACKER_TIMEOUT};
 use p2p_apps::sched::{Action, Config as SchedConfig, Scheduler, SupplierId};
 use p2p_apps::signed::{RoomPublic, META_CODEC, META_PUBKEY, SIG_LEN};
-use p2p_apps::{init_logging, resolve, route_ip};
+use p2p_apps::{concrete_bind, init_logging, resolve, tracker_addrs};
 
 /// A viewer of a p2p-live broadcast.
 #[derive(Parser, Debug)]
@@ -143,23 +143,11 @@ const MAX_BANNED: usize = 1024;
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging("warn");
-    let setup = match Setup::new(args) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("client: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let sig = match signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("client: error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     // Time to first frame counts from here: what a user waits for.
     let started = Instant::now();
-    run_main("client", move || run(setup, &sig, started))
+    start("client", Setup::new(args), move |setup, sig| {
+        run(setup, sig, started)
+    })
 }
 
 /// The flags, resolved before the runtime starts.
@@ -174,11 +162,7 @@ struct Setup {
 
 impl Setup {
     fn new(a: Args) -> Result<Setup, String> {
-        let tracker = resolve("--tracker", &a.tracker)?;
-        let tracker_udp = match &a.tracker_udp {
-            Some(s) => resolve("--tracker-udp", s)?,
-            None => SocketAddr::new(tracker.ip(), 3478),
-        };
+        let (tracker, tracker_udp) = tracker_addrs(&a.tracker, a.tracker_udp.as_deref())?;
         let http = a
             .http
             .as_deref()
@@ -188,12 +172,7 @@ impl Setup {
             Some(k) => Some(RoomPublic::from_hex(k).ok_or("--room-key: expected 64 hex digits")?),
             None => None,
         };
-        let mut bind = a.bind;
-        if bind.ip().is_unspecified() {
-            if let Some(ip) = route_ip(tracker) {
-                bind.set_ip(ip);
-            }
-        }
+        let bind = concrete_bind(a.bind, tracker);
         if a.out.is_none() && !a.stdout && http.is_none() {
             log::warn!(
                 "client: no output given (--out, --stdout, --http); the stream is only shared"

@@ -44,9 +44,9 @@ use libnet::rudp::{RudpConnection, RudpSocket};
 use libnet::sync::Receiver;
 use libnet::time::sleep;
 use p2p_apps::http::{Metrics, Routes, Server};
-use p2p_apps::node::{run_main, same_key, say, signal_name, signals, TRACKER_TIMEOUT};
+use p2p_apps::node::{same_key, say, signal_name, start, TRACKER_TIMEOUT};
 use p2p_apps::signed::{RoomPublic, META_PUBKEY};
-use p2p_apps::{init_logging, resolve, route_ip};
+use p2p_apps::{concrete_bind, init_logging, resolve, tracker_addrs};
 
 /// The edge server of a p2p-live broadcast.
 #[derive(Parser, Debug)]
@@ -103,21 +103,7 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging("warn");
-    let setup = match Setup::new(args) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("edge: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let sig = match signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("edge: error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    run_main("edge", move || run(setup, &sig))
+    start("edge", Setup::new(args), run)
 }
 
 /// The flags, resolved (before the runtime starts: resolution blocks).
@@ -134,21 +120,12 @@ struct Setup {
 
 impl Setup {
     fn new(a: Args) -> Result<Setup, String> {
-        let tracker = resolve("--tracker", &a.tracker)?;
-        let tracker_udp = match &a.tracker_udp {
-            Some(s) => resolve("--tracker-udp", s)?,
-            None => SocketAddr::new(tracker.ip(), 3478),
-        };
+        let (tracker, tracker_udp) = tracker_addrs(&a.tracker, a.tracker_udp.as_deref())?;
         let metrics = match a.metrics.as_str() {
             "off" => None,
             m => Some(resolve("--metrics", m)?),
         };
-        let mut listen = a.listen;
-        if listen.ip().is_unspecified() {
-            if let Some(ip) = route_ip(tracker) {
-                listen.set_ip(ip);
-            }
-        }
+        let listen = concrete_bind(a.listen, tracker);
         Ok(Setup {
             tracker,
             tracker_udp,
