@@ -10,8 +10,9 @@
 //!   as connections come and go; [`Scheduler::set_playhead`] and
 //!   [`Scheduler::set_clock`] per channel once the start is known (nothing is
 //!   wanted on a channel before its playhead is set);
-//! - **inputs**: [`Scheduler::set_range`] (each supplier's buffer map, polled),
-//!   [`Scheduler::on_fragment`], [`Scheduler::on_missing`],
+//! - **inputs**: [`Scheduler::set_map`] (each supplier's buffer map as a
+//!   bitmap, polled) or [`Scheduler::set_range`] (a range, for suppliers
+//!   that only give one), [`Scheduler::on_fragment`], [`Scheduler::on_missing`],
 //!   [`Scheduler::on_failed`], and `set_playhead` as the player consumes;
 //! - **outputs**: [`Scheduler::poll`] after every batch of inputs and at
 //!   [`Scheduler::next_wakeup`]; it returns the fetches to send and the
@@ -42,6 +43,10 @@ const CHANNELS: [Channel; 3] = [Channel::Meta, Channel::Video, Channel::Audio];
 /// Deadlines further than this from their anchor are capped (ids far ahead
 /// are not wanted anyway).
 const FAR: Duration = Duration::from_secs(24 * 3600);
+
+/// Words of 64 ids kept per bitmap buffer map: at most 1,024 ids, the
+/// newest (at least 961 of them).
+const MAP_WORDS: u64 = 16;
 
 /// Tuning. [`Config::default`] gives the values the simulation was run with.
 #[derive(Clone, Debug)]
@@ -77,9 +82,11 @@ pub struct Config {
     /// for that id again. Default 500 ms (two buffer-map polls).
     pub missing_hold: Duration,
     /// How long an id must have been inside a peer's advertised range
-    /// before it is asked for ahead of time (its last id excepted): a
-    /// peer's newest ids often have holes it is still filling. Urgent ids
-    /// ignore this. Default 250 ms (one buffer-map poll).
+    /// before it is asked for ahead of time (its first and last ids
+    /// excepted): a peer's newest ids often have holes it is still filling,
+    /// which a range cannot show. Urgent ids ignore this, and so do
+    /// suppliers with a bitmap (`set_map`): a set bit is held for sure.
+    /// Default 250 ms (one buffer-map poll).
     pub settle: Duration,
 }
 
@@ -275,13 +282,129 @@ struct Lane {
     ids: BTreeMap<u64, IdState>,
 }
 
+/// A supplier's buffer map as a bitmap, the newest `MAP_WORDS` words of
+/// 64 ids at most. Kept trimmed: the first and last words are non-zero
+/// (or there are none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Bitmap {
+    /// Bit `j` (least significant first) of `words[k]` set: it holds id
+    /// `64 × (base + k) + j`.
+    base: u64,
+    words: VecDeque<u64>,
+}
+
+impl Bitmap {
+    /// From the wire form (`Scheduler::set_map`). Reads at most the bytes
+    /// describing the newest 1,024 ids (after skipping trailing zeros);
+    /// ids past `u64::MAX` are ignored.
+    fn from_wire(first: u64, bits: &[u8]) -> Bitmap {
+        let mut map = Bitmap::default();
+        let Some(last) = bits.iter().rposition(|&b| b != 0) else {
+            return map;
+        };
+        let from = last.saturating_sub((MAP_WORDS * 8) as usize);
+        for (i, &b) in bits.iter().enumerate().take(last + 1).skip(from) {
+            for j in (0..8).filter(|j| b >> j & 1 == 1) {
+                let id = (i as u64)
+                    .checked_mul(8)
+                    .and_then(|o| first.checked_add(o + j));
+                match id {
+                    Some(id) => map.insert(id),
+                    None => return map,
+                }
+            }
+        }
+        map
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        let w = id / 64;
+        w >= self.base
+            && self
+                .words
+                .get((w - self.base) as usize)
+                .is_some_and(|word| word >> (id % 64) & 1 == 1)
+    }
+
+    /// Sets `id`'s bit. Words older than the newest `MAP_WORDS` are
+    /// dropped; an id older than those is ignored.
+    fn insert(&mut self, id: u64) {
+        let w = id / 64;
+        if self.words.is_empty() {
+            self.base = w;
+            self.words.push_back(0);
+        } else if w < self.base {
+            let newest = self.base + self.words.len() as u64 - 1;
+            if newest - w >= MAP_WORDS {
+                return;
+            }
+            while self.base > w {
+                self.words.push_front(0);
+                self.base -= 1;
+            }
+        } else {
+            let end = self.base + self.words.len() as u64;
+            if w >= end {
+                let keep = (w + 1).saturating_sub(MAP_WORDS);
+                if keep >= end {
+                    self.words.clear();
+                    self.base = w;
+                } else {
+                    let drop = (keep.max(self.base) - self.base) as usize;
+                    self.words.drain(..drop);
+                    self.base += drop as u64;
+                }
+                let end = self.base + self.words.len() as u64;
+                self.words.extend((end..=w).map(|_| 0));
+            }
+        }
+        self.words[(w - self.base) as usize] |= 1 << (id % 64);
+        self.trim();
+    }
+
+    /// Clears `id`'s bit.
+    fn remove(&mut self, id: u64) {
+        let w = id / 64;
+        if w >= self.base {
+            if let Some(word) = self.words.get_mut((w - self.base) as usize) {
+                *word &= !(1 << (id % 64));
+                self.trim();
+            }
+        }
+    }
+
+    fn trim(&mut self) {
+        while self.words.front() == Some(&0) {
+            self.words.pop_front();
+            self.base += 1;
+        }
+        while self.words.back() == Some(&0) {
+            self.words.pop_back();
+        }
+    }
+
+    /// The lowest and highest ids held.
+    fn hull(&self) -> Option<(u64, u64)> {
+        let (&lo, &hi) = (self.words.front()?, self.words.back()?);
+        let last_word = self.base + self.words.len() as u64 - 1;
+        Some((
+            64 * self.base + u64::from(lo.trailing_zeros()),
+            64 * last_word + u64::from(63 - hi.leading_zeros()),
+        ))
+    }
+}
+
 /// One supplier on one channel.
 #[derive(Clone, Debug, Default)]
 struct SupplierLane {
-    /// Its buffer map: it holds `first..=last` (with possible holes).
+    /// Its buffer map as a range: it holds `first..=last`, with possible
+    /// holes unless `map` says which. With a bitmap, its hull.
     range: Option<(u64, u64)>,
-    /// When its `last` grew, and to what, for the last `settle` (at most
-    /// 16 entries); ids up to `settled` entered the range earlier.
+    /// Its buffer map as a bitmap (`set_map`), exact; `None`: range only.
+    map: Option<Bitmap>,
+    /// Range only: when its `last` grew, and to what, for the last
+    /// `settle` (at most 16 entries); ids up to `settled` entered the
+    /// range earlier.
     grown: VecDeque<(Instant, u64)>,
     settled: u64,
     /// Ids in flight to it.
@@ -313,9 +436,54 @@ impl SupplierLane {
         self.range = range;
     }
 
-    /// Whether `id` has been inside the range for `settle` (or is one of
-    /// its ends, which are held for sure).
+    /// Takes a bitmap buffer map (replacing the range and any bitmap).
+    fn set_map(&mut self, map: Bitmap) {
+        self.range = map.hull();
+        self.map = Some(map);
+        self.grown.clear();
+        self.settled = 0;
+    }
+
+    /// It holds `id` (it sent it): set in its bitmap, or its range
+    /// extended to include it.
+    fn add(&mut self, id: u64, now: Instant, settle: Duration) {
+        match &mut self.map {
+            Some(map) => {
+                map.insert(id);
+                self.range = map.hull();
+            }
+            None => {
+                let range = self
+                    .range
+                    .map_or((id, id), |(f, last)| (f.min(id), last.max(id)));
+                self.update(Some(range), now, settle);
+            }
+        }
+    }
+
+    /// It said it lacks `id`: cleared from its bitmap (a range keeps it).
+    fn lacks(&mut self, id: u64) {
+        if let Some(map) = &mut self.map {
+            map.remove(id);
+            self.range = map.hull();
+        }
+    }
+
+    /// Whether its buffer map says it holds `id`.
+    fn holds(&self, id: u64) -> bool {
+        match (&self.map, self.range) {
+            (Some(map), _) => map.contains(id),
+            (None, Some((first, last))) => (first..=last).contains(&id),
+            (None, None) => false,
+        }
+    }
+
+    /// Whether `id` is held for sure (set in its bitmap), or has been
+    /// inside its range for `settle` (or is one of its ends).
     fn settled(&self, id: u64, now: Instant, settle: Duration) -> bool {
+        if let Some(map) = &self.map {
+            return map.contains(id);
+        }
         let Some((first, last)) = self.range else {
             return false;
         };
@@ -357,7 +525,8 @@ struct Candidate {
     edge: bool,
     slow: bool,
     full: bool,
-    /// Inside its range for `settle` (`SupplierLane::settled`).
+    /// Held for sure, or inside its range for `settle`
+    /// (`SupplierLane::settled`).
     settled: bool,
     expected: Duration,
     /// Random tie-break.
@@ -408,7 +577,7 @@ impl Scheduler {
     }
 
     /// Adds a supplier (or changes whether it is an edge). It is asked for
-    /// nothing until `set_range` says what it holds.
+    /// nothing until `set_map` or `set_range` says what it holds.
     pub fn add_supplier(&mut self, id: SupplierId, is_edge: bool) {
         self.suppliers
             .entry(id)
@@ -445,12 +614,32 @@ impl Scheduler {
         });
     }
 
-    /// Supplier `s` holds `first..=last` on `ch` (its buffer map; `first >
-    /// last`: nothing). Unknown suppliers are ignored.
+    /// Supplier `s` holds `first..=last` on `ch` (its buffer map as a
+    /// range; `first > last`: nothing). The ids between may be holes: those
+    /// that entered the range lately are prefetched only after `settle`.
+    /// Drops a bitmap given by `set_map`. Unknown suppliers are ignored.
     pub fn set_range(&mut self, s: SupplierId, ch: Channel, first: u64, last: u64, now: Instant) {
         if let Some(sup) = self.suppliers.get_mut(&s) {
             let range = (first <= last).then_some((first, last));
-            sup.lanes[lane_of(ch)].update(range, now, self.config.settle);
+            let l = &mut sup.lanes[lane_of(ch)];
+            l.map = None;
+            l.update(range, now, self.config.settle);
+        }
+    }
+
+    /// A supplier's buffer map as a bitmap: bit i (byte i / 8, bit i % 8,
+    /// least significant first) set means it holds `first + i`; ids before
+    /// `first` are not described (treat as not held), ids after
+    /// `first + 8 * bits.len() - 1` are not held. An all-zero or empty map
+    /// means it holds none of them.
+    ///
+    /// Replaces its earlier map or range on `ch`. Set bits are held for
+    /// sure, so they are asked for without the `settle` wait. Only the
+    /// newest 1,024 ids are kept (at least the newest 961, in words of 64).
+    /// Unknown suppliers are ignored.
+    pub fn set_map(&mut self, s: SupplierId, ch: Channel, first: u64, bits: &[u8], _now: Instant) {
+        if let Some(sup) = self.suppliers.get_mut(&s) {
+            sup.lanes[lane_of(ch)].set_map(Bitmap::from_wire(first, bits));
         }
     }
 
@@ -510,12 +699,8 @@ impl Scheduler {
                 sup.bytes += bytes;
                 sup.fragments += 1;
                 sup.miss *= 7.0 / 8.0;
-                // It holds `id` now; its buffer map is the hull of what it holds.
-                let l = &mut sup.lanes[li];
-                let range = l
-                    .range
-                    .map_or((id, id), |(f, last)| (f.min(id), last.max(id)));
-                l.update(Some(range), now, self.config.settle);
+                // It holds `id` now.
+                sup.lanes[li].add(id, now, self.config.settle);
                 if sup.is_edge {
                     self.stats.bytes_edge += bytes;
                     self.stats.fragments_edge += 1;
@@ -567,7 +752,8 @@ impl Scheduler {
     }
 
     /// `s` answered that it does not have `id`: ask elsewhere. After it
-    /// advertised the id, this makes `s` look a little slower.
+    /// advertised the id, this makes `s` look a little slower. The id's bit
+    /// is cleared from its bitmap until its next one.
     pub fn on_missing(&mut self, s: SupplierId, ch: Channel, id: u64, now: Instant) {
         let li = lane_of(ch);
         let window = self.window();
@@ -577,6 +763,7 @@ impl Scheduler {
         };
         sup.missing += 1;
         sup.miss = sup.miss * 7.0 / 8.0 + 1.0 / 8.0;
+        sup.lanes[li].lacks(id);
         let lane = &mut self.lanes[li];
         let Some(p) = lane.playhead else {
             return;
@@ -862,14 +1049,12 @@ impl Scheduler {
         }
     }
 
-    /// Whether `s` can serve `id` on lane `li`: its range covers it and it
-    /// did not say "missing" for it lately.
+    /// Whether `s` can serve `id` on lane `li`: its buffer map (bitmap, or
+    /// else range) says it holds it and it did not say "missing" for it
+    /// lately.
     fn covers(&self, s: SupplierId, sup: &Supplier, li: usize, id: u64, now: Instant) -> bool {
-        let Some((first, last)) = sup.lanes[li].range else {
-            return false;
-        };
         let hold = self.config.missing_hold;
-        (first..=last).contains(&id)
+        sup.lanes[li].holds(id)
             && !self.lanes[li].ids.get(&id).is_some_and(|st| {
                 st.missing
                     .iter()
@@ -982,7 +1167,7 @@ impl Scheduler {
             .suppliers
             .values()
             .flat_map(|s| &s.lanes)
-            .map(|l| l.grown.len())
+            .map(|l| l.grown.len() + l.map.as_ref().map_or(0, |m| m.words.len()))
             .sum();
         lanes + grown + self.outbox.len() + self.suppliers.len()
     }
@@ -1342,6 +1527,194 @@ mod tests {
         assert!(ids_from(&s.poll(t0 + MS), 0).is_empty());
     }
 
+    /// A bitmap buffer map from `first` holding `ids`, in the wire form.
+    fn bits(first: u64, ids: &[u64]) -> Vec<u8> {
+        let len = ids
+            .iter()
+            .map(|&id| (id - first) / 8 + 1)
+            .max()
+            .unwrap_or(0);
+        let mut b = vec![0u8; len as usize];
+        for &id in ids {
+            let i = id - first;
+            b[(i / 8) as usize] |= 1 << (i % 8);
+        }
+        b
+    }
+
+    /// What the scheduler knows of `sup`'s buffer map on video.
+    fn video(s: &Scheduler, sup: SupplierId) -> &SupplierLane {
+        &s.suppliers[&sup].lanes[lane_of(V)]
+    }
+
+    #[test]
+    fn bitmap_holes_are_not_asked_and_set_bits_need_no_settling() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(Config::default(), 7);
+        s.add_supplier(0, true);
+        s.add_supplier(1, false);
+        s.set_range(0, V, 0, 19, t0);
+        // Peer 1 holds 10..=19 but for 12, 13 and 17.
+        let held = vec![10, 11, 14, 15, 16, 18, 19];
+        s.set_map(1, V, 10, &bits(10, &held), t0);
+        assert_eq!(video(&s, 1).range, Some((10, 19)));
+        s.set_clock(V, 0, t0 + ms(2000), ms(40));
+        s.set_playhead(V, 10, t0);
+        let a = s.poll(t0);
+        assert_eq!(ids_from(&a, 1), held);
+        // The holes are fresh: only the seeding coin may send them to the
+        // edge now.
+        assert!(ids_from(&a, 0).iter().all(|id| [12, 13, 17].contains(id)));
+        // Its next map: the new bits are asked at once (a range's new ids
+        // would wait for `settle`), the holes still not.
+        let now = t0 + ms(10);
+        let mut newer = held.clone();
+        newer.extend([21, 22, 24]);
+        s.set_map(1, V, 10, &bits(10, &newer), now);
+        s.set_range(0, V, 0, 24, now);
+        assert_eq!(ids_from(&s.poll(now), 1), vec![21, 22, 24]);
+        assert_eq!(s.stats().missing, 0);
+    }
+
+    #[test]
+    fn a_fragment_sets_its_bit_and_a_map_keeps_the_newest_1024_ids() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(Config::default(), 7);
+        s.add_supplier(1, false);
+        s.add_supplier(2, false);
+        s.set_map(1, V, 100, &bits(100, &[100, 105]), t0);
+        s.on_fragment(1, V, 103, 10, t0);
+        let l = video(&s, 1);
+        assert!(l.holds(100) && l.holds(103) && l.holds(105));
+        assert!(!l.holds(101) && !l.holds(104) && !l.holds(106));
+        // Past its end: extended.
+        s.on_fragment(1, V, 1000, 10, t0);
+        let l = video(&s, 1);
+        assert!(l.holds(100) && l.holds(1000) && !l.holds(999));
+        assert_eq!(l.range, Some((100, 1000)));
+        // Far past: the oldest words are dropped.
+        s.on_fragment(1, V, 1130, 10, t0);
+        let l = video(&s, 1);
+        assert!(!l.holds(100) && !l.holds(105) && l.holds(1000));
+        assert_eq!(l.range, Some((1000, 1130)));
+        // Older than the newest 1,024 ids: ignored; within them: kept.
+        s.on_fragment(1, V, 50, 10, t0);
+        s.on_fragment(1, V, 200, 10, t0);
+        let l = video(&s, 1);
+        assert!(!l.holds(50) && l.holds(200));
+        assert_eq!(l.range, Some((200, 1130)));
+        assert!(l.map.as_ref().is_some_and(|m| m.words.len() <= 16));
+        // A supplier with a range only: the range grows to include it.
+        s.set_range(2, V, 0, 5, t0);
+        s.on_fragment(2, V, 9, 10, t0);
+        let l = video(&s, 2);
+        assert!(l.map.is_none() && l.holds(7));
+        assert_eq!(l.range, Some((0, 9)));
+    }
+
+    #[test]
+    fn set_range_drops_the_bitmap_and_set_map_replaces_it() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(Config::default(), 7);
+        s.add_supplier(1, false);
+        s.set_map(1, V, 0, &bits(0, &[0, 3]), t0);
+        assert!(video(&s, 1).holds(3) && !video(&s, 1).holds(1));
+        // A range cannot show holes.
+        s.set_range(1, V, 0, 3, t0);
+        assert!(video(&s, 1).map.is_none());
+        assert!(video(&s, 1).holds(1) && video(&s, 1).holds(2));
+        s.set_map(1, V, 2, &bits(2, &[2]), t0);
+        let l = video(&s, 1);
+        assert!(l.holds(2) && !l.holds(0) && !l.holds(1) && !l.holds(3));
+        assert_eq!(l.range, Some((2, 2)));
+        s.set_map(1, V, 0, &bits(0, &[5, 6]), t0);
+        assert_eq!(video(&s, 1).range, Some((5, 6)));
+        assert!(!video(&s, 1).holds(2));
+        // Maps for one channel leave the others alone.
+        s.set_range(1, Channel::Audio, 0, 9, t0);
+        s.set_map(1, V, 0, &[], t0);
+        assert!(s.suppliers[&1].lanes[lane_of(Channel::Audio)].holds(4));
+    }
+
+    #[test]
+    fn garbage_sized_maps_are_bounded() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(Config::default(), 7);
+        s.add_supplier(0, true);
+        s.add_supplier(1, false);
+        s.set_range(0, V, 0, 9, t0);
+        s.set_clock(V, 0, t0 + ms(2000), ms(40));
+        s.set_playhead(V, 0, t0);
+        // A megabyte of set bits: the newest 1,024 ids are kept.
+        s.set_map(1, V, 0, &vec![0xff; 1 << 20], t0);
+        let newest = 8 * (1 << 20) - 1;
+        let l = video(&s, 1);
+        assert_eq!(l.range, Some((newest - 1023, newest)));
+        assert_eq!(l.map.as_ref().map(|m| m.words.len()), Some(16));
+        assert!(s.footprint() <= 1 + 2 + 16);
+        // Ids past u64::MAX are ignored.
+        s.set_map(1, V, u64::MAX - 9, &[0xff; 4], t0);
+        assert_eq!(video(&s, 1).range, Some((u64::MAX - 9, u64::MAX)));
+        // All zero or empty: nothing held, nothing asked.
+        for (first, map) in [(0, vec![0; 1 << 20]), (5, Vec::new()), (0, bits(0, &[]))] {
+            s.set_map(1, V, first, &map, t0);
+            let l = video(&s, 1);
+            assert!(l.range.is_none() && !l.holds(first) && !l.holds(0));
+            assert!(ids_from(&s.poll(t0), 1).is_empty());
+        }
+        // An unknown supplier's map is ignored.
+        s.set_map(9, V, 0, &[0xff], t0);
+        assert!(s.supplier_stats(9).is_none());
+    }
+
+    #[test]
+    fn rarest_first_counts_bitmap_holders() {
+        let t0 = Instant::now();
+        let cfg = Config {
+            max_inflight: 1,
+            ..Config::default()
+        };
+        let mut s = Scheduler::new(cfg, 3);
+        s.add_supplier(1, false);
+        s.add_supplier(2, false);
+        s.set_map(1, V, 0, &bits(0, &[0, 1, 2]), t0);
+        // As a range (0..=2) it would seem to hold 1 too.
+        s.set_map(2, V, 0, &bits(0, &[0, 2]), t0);
+        s.set_clock(V, 0, t0 + ms(2000), ms(40));
+        s.set_playhead(V, 0, t0);
+        let mut f = fetches(&s.poll(t0));
+        f.sort();
+        assert_eq!(
+            f.iter().map(|x| (x.0, x.1.clone())).collect::<Vec<_>>(),
+            [(1, vec![1]), (2, vec![0])]
+        );
+    }
+
+    #[test]
+    fn a_missing_set_bit_counts_against_its_supplier() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(Config::default(), 5);
+        s.add_supplier(0, true);
+        s.set_range(0, V, 0, 0, t0);
+        for p in [1, 2] {
+            s.add_supplier(p, false);
+            s.set_map(p, V, 0, &[1], t0);
+        }
+        s.set_clock(V, 0, t0 + ms(2000), ms(40));
+        s.set_playhead(V, 0, t0);
+        let first = fetches(&s.poll(t0))[0].0;
+        s.on_missing(first, V, 0, t0 + ms(30));
+        assert!(!video(&s, first).holds(0), "cleared until its next map");
+        assert_eq!(s.supplier_stats(first).unwrap().missing, 1);
+        assert_eq!(fetches(&s.poll(t0 + ms(30)))[0].0, 3 - first);
+        // Its next map says it holds it again: not asked for `missing_hold`.
+        s.set_map(first, V, 0, &[1], t0 + ms(40));
+        s.on_missing(3 - first, V, 0, t0 + ms(60));
+        let a = s.poll(t0 + ms(60));
+        assert!(fetches(&a).iter().all(|f| f.0 == 0), "{a:?}");
+        assert_eq!(s.stats().missing, 2);
+    }
+
     // ----- the swarm simulation -----
 
     const FRAME_US: u64 = 40_000;
@@ -1373,6 +1746,7 @@ mod tests {
     enum Msg {
         Init { ch: u8 },
         Range { ch: u8, range: Option<(u64, u64)> },
+        Map { ch: u8, first: u64, bits: Vec<u8> },
         Fetch { ch: u8, ids: Vec<u64>, prio: u8 },
         Cancel { ch: u8, ids: Vec<u64> },
         Frag { ch: u8, id: u64 },
@@ -1429,6 +1803,8 @@ mod tests {
         /// time (ms), while still advertising its buffer map; removed by
         /// the others at the second time.
         silent: Option<(usize, u64, u64)>,
+        /// Buffer maps are bitmaps (`set_map`); else ranges (`set_range`).
+        maps: bool,
         config: Config,
     }
 
@@ -1441,7 +1817,15 @@ mod tests {
                 secs,
                 seed: 1,
                 silent: None,
+                maps: false,
                 config: Config::default(),
+            }
+        }
+
+        fn with_maps(&self) -> Setup {
+            Setup {
+                maps: true,
+                ..self.clone()
             }
         }
     }
@@ -1509,6 +1893,7 @@ mod tests {
         latency: HashMap<(usize, usize), u64>,
         latencies: Vec<u64>,
         report: Report,
+        maps: bool,
     }
 
     impl Sim {
@@ -1569,6 +1954,7 @@ mod tests {
                 latency,
                 latencies: Vec::new(),
                 report: Report::default(),
+                maps: setup.maps,
             };
             for ch in SIM_CHANNELS {
                 sim.at(
@@ -1721,11 +2107,25 @@ mod tests {
             match msg {
                 Msg::Init { ch } => {
                     // A silent node still advertises what it holds.
-                    {
-                        let st = &self.nodes[to].store[usize::from(ch)];
-                        let range = st.first().map(|&f| (f, *st.last().expect("non-empty")));
-                        self.send(to, from, Msg::Range { ch, range });
-                    }
+                    let st = &self.nodes[to].store[usize::from(ch)];
+                    let range = st.first().map(|&f| (f, *st.last().expect("non-empty")));
+                    let msg = match (self.maps, range) {
+                        (true, Some((first, last))) => {
+                            let mut bits = vec![0u8; ((last - first) / 8 + 1) as usize];
+                            for &id in st {
+                                let i = (id - first) as usize;
+                                bits[i / 8] |= 1 << (i % 8);
+                            }
+                            Msg::Map { ch, first, bits }
+                        }
+                        (true, None) => Msg::Map {
+                            ch,
+                            first: 0,
+                            bits: Vec::new(),
+                        },
+                        (false, _) => Msg::Range { ch, range },
+                    };
+                    self.send(to, from, msg);
                 }
                 Msg::Fetch { ch, ids, prio } => {
                     if self.nodes[to].silent {
@@ -1752,32 +2152,27 @@ mod tests {
                         .retain(|e| !(e.2 == from && e.3 == ch && ids.contains(&e.4)));
                 }
                 Msg::Range { ch, range } => {
-                    let c = CHANNELS[usize::from(ch)];
-                    let base = self.base;
-                    let viewer = self.viewer(to);
-                    if !viewer.suppliers.contains(&(from as u64)) {
-                        return;
-                    }
-                    let (first, last) = range.unwrap_or((1, 0));
-                    viewer.sched.set_range(from as u64, c, first, last, now);
-                    if from == EDGE && range.is_some() && !viewer.started[usize::from(ch)] {
-                        viewer.started[usize::from(ch)] = true;
-                        let start = last.saturating_sub(START_BACK);
-                        let anchor = base + Duration::from_micros(produced_us(ch, 0) + BUFFER_US);
-                        viewer
+                    if self.viewer(to).suppliers.contains(&(from as u64)) {
+                        let (first, last) = range.unwrap_or((1, 0));
+                        let c = CHANNELS[usize::from(ch)];
+                        self.viewer(to)
                             .sched
-                            .set_clock(c, 0, anchor, Duration::from_micros(FRAME_US));
-                        viewer.sched.set_playhead(c, start, now);
-                        self.at(
-                            produced_us(ch, start) + BUFFER_US,
-                            Ev::Play {
-                                v: to,
-                                ch,
-                                id: start,
-                            },
-                        );
+                            .set_range(from as u64, c, first, last, now);
+                        self.on_map(from, to, ch, range.map(|r| r.1));
                     }
-                    self.drive(to);
+                }
+                Msg::Map { ch, first, bits } => {
+                    if self.viewer(to).suppliers.contains(&(from as u64)) {
+                        let c = CHANNELS[usize::from(ch)];
+                        self.viewer(to)
+                            .sched
+                            .set_map(from as u64, c, first, &bits, now);
+                        let last = bits
+                            .iter()
+                            .rposition(|&b| b != 0)
+                            .map(|i| first + 8 * i as u64 + u64::from(7 - bits[i].leading_zeros()));
+                        self.on_map(from, to, ch, last);
+                    }
                 }
                 Msg::Frag { ch, id } => {
                     if !self.viewer(to).suppliers.contains(&(from as u64)) {
@@ -1805,6 +2200,32 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// Viewer `to` took `from`'s buffer map, whose newest id is `last`:
+        /// the edge's first one starts the playout.
+        fn on_map(&mut self, from: usize, to: usize, ch: u8, last: Option<u64>) {
+            let (now, base) = (self.instant(), self.base);
+            let viewer = self.viewer(to);
+            if let (EDGE, Some(last), false) = (from, last, viewer.started[usize::from(ch)]) {
+                viewer.started[usize::from(ch)] = true;
+                let c = CHANNELS[usize::from(ch)];
+                let start = last.saturating_sub(START_BACK);
+                let anchor = base + Duration::from_micros(produced_us(ch, 0) + BUFFER_US);
+                viewer
+                    .sched
+                    .set_clock(c, 0, anchor, Duration::from_micros(FRAME_US));
+                viewer.sched.set_playhead(c, start, now);
+                self.at(
+                    produced_us(ch, start) + BUFFER_US,
+                    Ev::Play {
+                        v: to,
+                        ch,
+                        id: start,
+                    },
+                );
+            }
+            self.drive(to);
         }
 
         fn store(&mut self, node: usize, ch: u8, id: u64) {
@@ -1885,62 +2306,92 @@ mod tests {
         Sim::new(setup).run(setup.secs)
     }
 
+    /// Runs `setup` with range buffer maps, then with bitmaps, printing
+    /// both.
+    fn simulate_both(setup: &Setup, name: &str) -> (Report, Report) {
+        let ranges = simulate(setup);
+        ranges.print(&format!("{name}, ranges"));
+        let maps = simulate(&setup.with_maps());
+        maps.print(&format!("{name}, bitmaps"));
+        // Bitmaps show the holes: (almost) no "missing", no more edge.
+        assert!(maps.sched.missing * 20 <= ranges.sched.missing);
+        assert!(maps.sched.edge_share() <= ranges.sched.edge_share() + 0.02);
+        (ranges, maps)
+    }
+
     #[test]
     fn sim_eight_viewers_take_most_from_peers() {
-        let r = simulate(&Setup::new(8, 4, 60));
-        r.print("8 viewers x 4 peers, 60 s");
-        assert!(r.peer_fragment_share() > 0.5);
-        assert!(r.sched.edge_share() < 0.5);
-        assert!(r.on_time_share() >= 0.99);
-        assert!(r.latency_p95_ms <= 2000);
+        let (ranges, maps) = simulate_both(&Setup::new(8, 4, 60), "8 viewers x 4 peers, 60 s");
+        for r in [&ranges, &maps] {
+            assert!(r.peer_fragment_share() > 0.5);
+            assert!(r.sched.edge_share() < 0.5);
+            assert!(r.on_time_share() >= 0.99);
+            assert!(r.latency_p95_ms <= 2000);
+        }
+    }
+
+    #[test]
+    fn sim_twenty_viewers() {
+        let (ranges, maps) = simulate_both(&Setup::new(20, 8, 30), "20 viewers x 8 peers, 30 s");
+        for r in [&ranges, &maps] {
+            assert!(r.on_time_share() >= 0.99);
+        }
     }
 
     #[test]
     fn sim_fifty_viewers_spare_the_edge() {
-        let r = simulate(&Setup::new(50, 8, 30));
-        r.print("50 viewers x 8 peers, 30 s");
-        assert!(r.on_time_share() >= 0.99);
-        assert!(r.sched.edge_share() <= 0.25);
+        let (ranges, maps) = simulate_both(&Setup::new(50, 8, 30), "50 viewers x 8 peers, 30 s");
+        for r in [&ranges, &maps] {
+            assert!(r.on_time_share() >= 0.99);
+            assert!(r.sched.edge_share() <= 0.25);
+        }
     }
 
     #[test]
     fn sim_upload_below_the_stream_rate_falls_back_to_the_edge() {
         let mut setup = Setup::new(8, 4, 30);
         setup.upload = 45; // fragments/s; the stream is 50
-        let r = simulate(&setup);
-        r.print("8 viewers x 4 peers, upload 45/s (stream 50/s), 30 s");
-        assert!(r.on_time_share() >= 0.99);
-        assert!(r.peer_fragment_share() > 0.5);
+        let name = "8 viewers x 4 peers, upload 45/s (stream 50/s), 30 s";
+        let (ranges, maps) = simulate_both(&setup, name);
+        for r in [&ranges, &maps] {
+            assert!(r.on_time_share() >= 0.99);
+            assert!(r.peer_fragment_share() > 0.5);
+        }
     }
 
     #[test]
     fn sim_a_silent_peer_is_abandoned() {
         let mut setup = Setup::new(8, 4, 40);
         setup.silent = Some((3, 15_000, 25_000));
-        let r = simulate(&setup);
-        r.print("8 viewers, viewer 3 silent at 15 s, removed at 25 s");
-        assert!(r.sched.timeouts > 0 && r.sched.switches > 0);
-        assert!(r.on_time_share() >= 0.99);
+        let name = "8 viewers, viewer 3 silent at 15 s, removed at 25 s";
+        let (ranges, maps) = simulate_both(&setup, name);
+        for r in [&ranges, &maps] {
+            assert!(r.sched.timeouts > 0 && r.sched.switches > 0);
+            assert!(r.on_time_share() >= 0.99);
+        }
     }
 
     #[test]
     fn sim_state_stays_bounded() {
         let setup = Setup::new(4, 2, 600);
         let (w, suppliers) = (setup.config.window, 3);
-        let r = simulate(&setup);
-        r.print("4 viewers x 2 peers, 600 s");
         // Per channel: held ids (3 windows), wanted ids (one window) with a
         // "missing" entry per supplier; per supplier and channel 16 range
-        // growths; the suppliers; the cancels waiting.
+        // growths or 16 bitmap words; the suppliers; the cancels waiting.
         let bound = 3 * (3 * w + w * (1 + suppliers)) + suppliers * (1 + 3 * 16) + 3 * w;
-        assert!(r.footprint_max <= bound, "{} > {bound}", r.footprint_max);
-        assert!(r.footprint_end <= r.footprint_max);
-        assert!(r.on_time_share() >= 0.99);
+        let (ranges, maps) = simulate_both(&setup, "4 viewers x 2 peers, 600 s");
+        for r in [&ranges, &maps] {
+            assert!(r.footprint_max <= bound, "{} > {bound}", r.footprint_max);
+            assert!(r.footprint_end <= r.footprint_max);
+            assert!(r.on_time_share() >= 0.99);
+        }
     }
 
     #[test]
     fn sim_is_deterministic() {
         let setup = Setup::new(6, 4, 10);
         assert_eq!(simulate(&setup), simulate(&setup));
+        let maps = setup.with_maps();
+        assert_eq!(simulate(&maps), simulate(&maps));
     }
 }

@@ -308,10 +308,13 @@ struct App {
     stop: Cell<bool>,
     /// Punches running, and where each one's probes go (by token).
     punching: Cell<usize>,
-    probes: RefCell<HashMap<u64, Sender<(SocketAddr, Vec<u8>)>>>,
+    probes: RefCell<HashMap<u64, ProbeTx>>,
     /// With --evil-tamper: our clean copies, by (channel, id); bounded.
     clean: RefCell<BTreeMap<(u8, u64), Vec<u8>>>,
 }
+
+/// Where one punch attempt's probes go.
+type ProbeTx = Sender<(SocketAddr, Vec<u8>)>;
 
 enum Job {
     Connect(NodeInfo),
@@ -930,19 +933,19 @@ fn drop_supplier(app: &App, s: SupplierId, lied: bool) {
     }
 }
 
-/// Asks a supplier for its buffer map every [`MAP_EVERY`] while it lasts.
+/// Asks a supplier for its buffer map (a bitmap of what it holds, holes
+/// included) every [`MAP_EVERY`] while it lasts.
 fn poll_map(app: &Rc<App>, s: SupplierId) {
     while !app.stop.get() {
         let link = app.suppliers.borrow().get(&s).map(|x| x.link.clone());
         let Some(link) = link else { return };
         for ch in [Channel::Video, Channel::Audio] {
-            match link.init(app.room, ch) {
-                Ok(Some((first, last))) => {
+            match link.map(app.room, ch) {
+                Ok((first, bits)) => {
                     app.sched
                         .borrow_mut()
-                        .set_range(s, ch, first, last, Instant::now());
+                        .set_map(s, ch, first, &bits, Instant::now());
                 }
-                Ok(None) => {}
                 Err(e) => {
                     log::debug!("client: supplier {} gone: {e}", link.remote());
                     if s == EDGE {
