@@ -389,6 +389,23 @@ fn an_independent_player_decodes_the_http_and_stdout_outputs() {
             "ffmpeg on http: {err}"
         );
 
+        // ffplay as a player (no display, a dummy sound card): 3 s.
+        let ffplay = Command::new("ffplay")
+            .env("SDL_AUDIODRIVER", "dummy")
+            .args(["-v", "error", "-nodisp", "-autoexit", "-t", "3"])
+            .arg(format!("http://{http}/live.ts"))
+            .output();
+        match ffplay {
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(
+                    o.status.success() && err.trim().is_empty(),
+                    "ffplay on http: {err}"
+                );
+            }
+            Err(e) => eprintln!("*** ffplay not run: {e}"),
+        }
+
         // The same through a pipe: client --stdout | ffmpeg -i -.
         let client = bins.join("client");
         let pipeline = format!(
