@@ -9,6 +9,7 @@ pub mod media;
 pub mod node;
 pub mod sched;
 pub mod signed;
+pub mod vod;
 
 use libnet::p2p::wire::{ChatUser, MAX_CHAT_TEXT, MAX_NAME};
 use libnet::p2p::{NatType, NodeId};

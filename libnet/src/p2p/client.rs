@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::wire::{ChatUser, Decoder, ErrorCode, Message};
+use super::wire::{CatalogEntry, ChatUser, Decoder, ErrorCode, FileInfo, Holder, Message};
 use super::{NatType, NodeId, NodeInfo, Role, RoomId, Strategy};
 use crate::net::{TcpStream, UdpSocket};
 use crate::sync::oneshot;
@@ -201,6 +201,69 @@ impl TrackerClient {
         })
     }
 
+    /// Tells the tracker this node (after [`TrackerClient::hello`]) holds
+    /// `have` of `file`'s pieces; call it again as `have` grows. Returns the
+    /// file's catalog entry as it now stands. Fails with `AlreadyExists`
+    /// when the name stands for another file (another index, size,
+    /// duration or piece count), `InvalidInput` for a name the tracker does
+    /// not take (empty, control characters, over
+    /// [`super::wire::MAX_FILE_NAME`] bytes: that one is refused before
+    /// anything is sent) or `have > file.pieces`.
+    pub fn publish(&self, file: &FileInfo, have: u32) -> io::Result<CatalogEntry> {
+        let m = Message::Publish {
+            file: file.clone(),
+            have,
+        };
+        match self.request(m)? {
+            Message::Catalog { entries } => entries
+                .into_iter()
+                .find(|e| e.file.name == file.name)
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("tracker {} did not list {:?}", self.tracker, file.name),
+                    )
+                }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Tells the tracker this node no longer holds the file `name`; returns
+    /// what remains of its entry (`None` once nobody holds it).
+    pub fn unpublish(&self, name: &str) -> io::Result<Option<CatalogEntry>> {
+        match self.request(Message::Unpublish { name: name.into() })? {
+            Message::Catalog { entries } => Ok(entries.into_iter().find(|e| e.file.name == name)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The files whose names start with `prefix` (empty: all) on the
+    /// tracker and its linked trackers, sorted by name: the first
+    /// [`super::wire::MAX_CATALOG`] that match (a longer prefix narrows it).
+    pub fn catalog(&self, prefix: &str) -> io::Result<Vec<CatalogEntry>> {
+        match self.request(Message::CatalogRequest {
+            prefix: prefix.into(),
+        })? {
+            Message::Catalog { entries } => Ok(entries),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Up to `max` holders of the file `name`, on the tracker and its
+    /// linked trackers (never this node); empty for an unknown name.
+    /// Complete holders first, then the least loaded. To connect to one,
+    /// punch through [`Holder::tracker`] (a `PunchRequest` whose room is
+    /// the holder's `node.room`; see `connect::connect_peer`).
+    pub fn holders(&self, name: &str, max: u16) -> io::Result<Vec<Holder>> {
+        match self.request(Message::HoldersRequest {
+            name: name.into(),
+            max,
+        })? {
+            Message::Holders { holders, .. } => Ok(holders),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     fn chat_users(&self, m: Message) -> io::Result<Vec<ChatUser>> {
         match self.request(m)? {
             Message::ChatList { users } => Ok(users),
@@ -262,10 +325,15 @@ impl TrackerClient {
                 "too many tracker requests in flight",
             ));
         }
+        // Encode first: a message over a bound fails here, before a waiter
+        // is queued that no reply would ever come for.
+        let frame = m.to_frame()?;
+        self.check_open()?;
         let (tx, rx) = oneshot::channel();
-        // Queue before sending: the reply may come before `send` returns.
+        // Queue before sending: the reply may come before `write_all`
+        // returns.
         self.shared.pending.borrow_mut().push_back(tx);
-        self.send(&m)?;
+        (&*self.conn).write_all(&frame)?;
         let reply = rx.recv_timeout(self.timeout).map_err(|_| {
             self.check_open().err().unwrap_or_else(|| {
                 io::Error::new(
@@ -296,6 +364,8 @@ fn is_reply(m: &Message) -> bool {
             | Message::TrackersList { .. }
             | Message::RoomAllocated { .. }
             | Message::ChatList { .. }
+            | Message::Catalog { .. }
+            | Message::Holders { .. }
             | Message::Error { .. }
     )
 }
@@ -361,6 +431,8 @@ fn tracker_error(code: u16, text: &str) -> io::Error {
         Some(ErrorCode::BadKey) => io::ErrorKind::PermissionDenied,
         Some(ErrorCode::UnknownRoom | ErrorCode::NotRegistered) => io::ErrorKind::NotFound,
         Some(ErrorCode::TooMany) => io::ErrorKind::OutOfMemory,
+        Some(ErrorCode::Conflict) => io::ErrorKind::AlreadyExists,
+        Some(ErrorCode::Invalid) => io::ErrorKind::InvalidInput,
         _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, format!("tracker: {text}"))

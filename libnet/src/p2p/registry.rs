@@ -1,21 +1,52 @@
 //! The tracker's registry, sans-IO: who is in which room, with what role,
 //! behind which addresses, how loaded; heartbeats and expiry; node lists by
-//! strategy; room allocation; the rooms and trackers learnt from linked
-//! trackers.
+//! strategy; room allocation; the file catalog; the rooms, files and
+//! trackers learnt from linked trackers.
 //!
 //! Time comes in as `now` on every call; nothing here reads a clock or
 //! touches a socket, so tests drive it deterministically. The tracker's
 //! driver calls [`Registry::expire`] at [`Registry::next_deadline`].
 //!
 //! Everything is bounded ([`Config`]): nodes in all, nodes per room, rooms,
-//! nodes learnt from other trackers, trackers known. A full registry refuses
-//! newcomers with [`RegistryError::Full`]; it never evicts a live node.
+//! nodes learnt from other trackers, trackers known, files, holders per
+//! file, holdings. A full registry refuses newcomers with
+//! [`RegistryError::Full`]; it never evicts a live node or holding.
+//!
+//! # The file catalog
+//!
+//! A registered node [`publish`](Registry::publish)es a file it holds all
+//! or part of: the file's [`FileInfo`] and how many pieces it has. The
+//! catalog maps each name to one file and its holders:
+//!
+//! - One name, one file. A publish whose description (size, duration,
+//!   pieces, index) differs from the one the name already stands for is
+//!   refused with [`RegistryError::Conflict`], unless the publisher is the
+//!   name's only holder (it replaced its file), which replaces the
+//!   description. Files learnt from linked trackers count: the first
+//!   description seen wins, and holdings of another one are ignored until
+//!   it is gone.
+//! - Publishing again updates `have`. A holding goes with
+//!   [`unpublish`](Registry::unpublish), or when its node goes
+//!   ([`remove`](Registry::remove), or expiry); a name goes with its last
+//!   holder.
+//! - Linked trackers gossip their local holdings
+//!   ([`local_holdings`](Registry::local_holdings)); a tracker keeps each
+//!   one it is told ([`merge_remote_holdings`](Registry::merge_remote_holdings))
+//!   for one TTL unless told again, like remote nodes. A local holding of the
+//!   same node and name takes precedence: a node is counted once.
+//! - [`catalog`](Registry::catalog) lists names by prefix, sorted, with
+//!   holders counted over local and learnt holdings;
+//!   [`holders`](Registry::holders) lists who holds a file: complete holders
+//!   first, then the least loaded, then those with the most pieces, then by
+//!   node id; never the asker.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
+use super::wire::{CatalogEntry, FileInfo, Holder, Holding, MAX_FILE_NAME};
 use super::{NatType, NodeId, NodeInfo, Role, RoomId, Strategy};
 
 /// Room 0, the lobby: it always exists and is never allocated. Nodes that
@@ -42,6 +73,15 @@ pub struct Config {
     pub max_trackers: usize,
     /// The first room number handed out by [`Registry::allocate_room`].
     pub first_room: RoomId,
+    /// Most names in the file catalog, local and learnt from linked
+    /// trackers together.
+    pub max_files: usize,
+    /// Most holders of one file, local and learnt together.
+    pub max_holders: usize,
+    /// Most holdings (node, file) of nodes registered here.
+    pub max_holdings: usize,
+    /// Most holdings learnt from linked trackers.
+    pub max_remote_holdings: usize,
 }
 
 impl Default for Config {
@@ -55,6 +95,10 @@ impl Default for Config {
             max_remote: 100_000,
             max_trackers: 256,
             first_room: 1000,
+            max_files: 10_000,
+            max_holders: 1_000,
+            max_holdings: 100_000,
+            max_remote_holdings: 100_000,
         }
     }
 }
@@ -70,6 +114,12 @@ pub enum RegistryError {
     NotRegistered,
     /// A limit of [`Config`] was reached.
     Full,
+    /// The file name already stands for another file.
+    Conflict,
+    /// A file description the catalog does not take: an empty name, one
+    /// over [`MAX_FILE_NAME`] bytes or with control characters, or more
+    /// pieces held than the file has.
+    Invalid,
 }
 
 impl fmt::Display for RegistryError {
@@ -79,6 +129,8 @@ impl fmt::Display for RegistryError {
             RegistryError::UnknownRoom => "unknown room",
             RegistryError::NotRegistered => "node not registered",
             RegistryError::Full => "tracker registry full",
+            RegistryError::Conflict => "the name stands for another file",
+            RegistryError::Invalid => "invalid file name or description",
         })
     }
 }
@@ -100,6 +152,48 @@ struct Remote {
     expires: Instant,
 }
 
+/// A file in the catalog and who holds it.
+#[derive(Clone, Debug)]
+struct File {
+    info: FileInfo,
+    /// Holders registered here: node → pieces held.
+    local: BTreeMap<NodeId, u32>,
+    /// Holders learnt from linked trackers (never a node of `local`).
+    remote: HashMap<NodeId, RemoteHolding>,
+}
+
+impl File {
+    /// The file as the catalog lists it.
+    fn entry(&self) -> CatalogEntry {
+        let pieces = self.info.pieces;
+        let complete = self.local.values().filter(|&&have| have >= pieces).count()
+            + self.remote.values().filter(|r| r.have >= pieces).count();
+        CatalogEntry {
+            file: self.info.clone(),
+            holders: u32::try_from(self.holders()).unwrap_or(u32::MAX),
+            complete: u32::try_from(complete).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn holders(&self) -> usize {
+        self.local.len() + self.remote.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.remote.is_empty()
+    }
+}
+
+/// A holding learnt from a linked tracker.
+#[derive(Clone, Debug)]
+struct RemoteHolding {
+    node: NodeInfo,
+    have: u32,
+    /// The tracker that reported it (where the node is registered).
+    tracker: SocketAddr,
+    expires: Instant,
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct Registry {
@@ -114,7 +208,18 @@ pub struct Registry {
     /// Room → the remote nodes in it (an index of `remote`, so neither
     /// `room_exists` nor `nodes` scans every remote node).
     remote_rooms: HashMap<RoomId, Vec<NodeId>>,
-    /// Expiry order of local nodes, remote nodes and reservations.
+    /// The file catalog, by name (sorted, for prefix listings).
+    files: BTreeMap<String, File>,
+    /// Local node → the names it holds, so that a node leaving drops its
+    /// holdings without a scan.
+    held: HashMap<NodeId, BTreeSet<String>>,
+    /// Local holdings in all (the sizes of `held`'s sets, summed).
+    holdings: usize,
+    /// Holdings learnt from linked trackers (the sizes of the files'
+    /// `remote` maps, summed).
+    remote_holdings: usize,
+    /// Expiry order of local nodes, remote nodes, reservations and
+    /// remote holdings.
     deadlines: BTreeSet<(Instant, Due)>,
     trackers: Vec<SocketAddr>,
     next_room: RoomId,
@@ -122,11 +227,13 @@ pub struct Registry {
 }
 
 /// What a deadline is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
     Node(NodeId),
     Remote(NodeId),
     Reservation(RoomId),
+    /// A remote holding: the file's name and the node.
+    Holding(String, NodeId),
 }
 
 impl Registry {
@@ -140,6 +247,10 @@ impl Registry {
             reserved: HashMap::new(),
             remote: HashMap::new(),
             remote_rooms: HashMap::new(),
+            files: BTreeMap::new(),
+            held: HashMap::new(),
+            holdings: 0,
+            remote_holdings: 0,
             deadlines: BTreeSet::new(),
             trackers: Vec::new(),
             next_room,
@@ -225,11 +336,13 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes a node (it said goodbye or its connection dropped).
+    /// Removes a node (it said goodbye or its connection dropped), with
+    /// its holdings.
     pub fn remove(&mut self, id: NodeId) -> Option<NodeInfo> {
         let e = self.nodes.remove(&id)?;
         self.deadlines.remove(&(e.expires, Due::Node(id)));
         self.leave_room(id, e.info.room);
+        self.drop_holdings(id);
         Some(e.info)
     }
 
@@ -399,25 +512,289 @@ impl Registry {
         &self.trackers
     }
 
+    // --- The file catalog -------------------------------------------------
+
+    /// Records that `node` (registered here) holds `have` of `file`'s
+    /// pieces; published again, updates `have`. Refused with
+    /// [`RegistryError::NotRegistered`], [`RegistryError::Invalid`] (a name
+    /// [`valid_file_name`] refuses, or `have > file.pieces`),
+    /// [`RegistryError::Conflict`] (the name stands for another file: see
+    /// the module docs) or [`RegistryError::Full`].
+    pub fn publish(
+        &mut self,
+        node: NodeId,
+        file: FileInfo,
+        have: u32,
+    ) -> Result<(), RegistryError> {
+        if !self.nodes.contains_key(&node) {
+            return Err(RegistryError::NotRegistered);
+        }
+        if !valid_file_name(&file.name) || have > file.pieces {
+            return Err(RegistryError::Invalid);
+        }
+        let name = file.name.clone();
+        let holds = self
+            .held
+            .get(&node)
+            .is_some_and(|names| names.contains(&name));
+        match self.files.get_mut(&name) {
+            Some(f) => {
+                if f.info != file {
+                    // Only a sole holder may say the name is now another
+                    // file.
+                    if !(holds && f.local.len() == 1 && f.remote.is_empty()) {
+                        return Err(RegistryError::Conflict);
+                    }
+                    f.info = file;
+                }
+                if !holds {
+                    let was_remote = f.remote.contains_key(&node);
+                    if self.holdings >= self.config.max_holdings
+                        || (!was_remote && f.holders() >= self.config.max_holders)
+                    {
+                        return Err(RegistryError::Full);
+                    }
+                    // The local holding replaces what a linked tracker said.
+                    if let Some(r) = f.remote.remove(&node) {
+                        self.remote_holdings -= 1;
+                        self.deadlines
+                            .remove(&(r.expires, Due::Holding(name.clone(), node)));
+                    }
+                }
+                f.local.insert(node, have);
+            }
+            None => {
+                if self.files.len() >= self.config.max_files
+                    || self.holdings >= self.config.max_holdings
+                    || self.config.max_holders == 0
+                {
+                    return Err(RegistryError::Full);
+                }
+                self.files.insert(
+                    name.clone(),
+                    File {
+                        info: file,
+                        local: BTreeMap::from([(node, have)]),
+                        remote: HashMap::new(),
+                    },
+                );
+            }
+        }
+        if !holds {
+            self.held.entry(node).or_default().insert(name);
+            self.holdings += 1;
+        }
+        Ok(())
+    }
+
+    /// `node` no longer holds the file `name`; returns whether it did. The
+    /// name goes with its last holder.
+    pub fn unpublish(&mut self, node: NodeId, name: &str) -> bool {
+        let Some(names) = self.held.get_mut(&node) else {
+            return false;
+        };
+        if !names.remove(name) {
+            return false;
+        }
+        if names.is_empty() {
+            self.held.remove(&node);
+        }
+        self.holdings -= 1;
+        self.drop_local(node, name);
+        true
+    }
+
+    /// The catalog entry of `name`, if anyone holds it.
+    pub fn entry(&self, name: &str) -> Option<CatalogEntry> {
+        self.files.get(name).map(File::entry)
+    }
+
+    /// The first `max` files whose names start with `prefix` (empty: all),
+    /// sorted by name, with their holders counted here and on linked
+    /// trackers.
+    pub fn catalog(&self, prefix: &str, max: usize) -> Vec<CatalogEntry> {
+        self.files
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .take(max)
+            .map(|(_, f)| f.entry())
+            .collect()
+    }
+
+    /// Up to `max` holders of `name`, here and on linked trackers, never
+    /// `asker`: complete holders first, then the least loaded, then those
+    /// with the most pieces, then by node id. `here` is this tracker's TCP
+    /// address, given as the tracker of local holders.
+    pub fn holders(&self, name: &str, max: usize, asker: NodeId, here: SocketAddr) -> Vec<Holder> {
+        let Some(f) = self.files.get(name) else {
+            return Vec::new();
+        };
+        let local = f.local.iter().filter_map(|(id, &have)| {
+            Some(Holder {
+                node: self.nodes.get(id)?.info.clone(),
+                have,
+                tracker: here,
+            })
+        });
+        let remote = f.remote.values().map(|r| Holder {
+            node: r.node.clone(),
+            have: r.have,
+            tracker: r.tracker,
+        });
+        let pieces = f.info.pieces;
+        let mut all: Vec<Holder> = local.chain(remote).filter(|h| h.node.id != asker).collect();
+        all.sort_by_key(|h| {
+            (
+                h.have < pieces,
+                h.node.workload,
+                std::cmp::Reverse(h.have),
+                h.node.id,
+            )
+        });
+        all.truncate(max);
+        all
+    }
+
+    /// Names in the catalog (local and learnt).
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The holdings of nodes registered here, for a linked tracker
+    /// (bounded by `max`), in name order.
+    pub fn local_holdings(&self, max: usize) -> Vec<Holding> {
+        self.files
+            .values()
+            .flat_map(|f| {
+                f.local.iter().filter_map(move |(id, &have)| {
+                    Some(Holding {
+                        file: f.info.clone(),
+                        node: self.nodes.get(id)?.info.clone(),
+                        have,
+                    })
+                })
+            })
+            .take(max)
+            .collect()
+    }
+
+    /// Takes holdings the linked tracker at `tracker` (its TCP address)
+    /// reported: each is kept for one TTL unless reported again. Ignored:
+    /// invalid ones, ones of a node that holds the file here (the local
+    /// holding is authoritative), ones whose file differs from the one the
+    /// name stands for, and what does not fit the limits. Returns how many
+    /// were kept.
+    pub fn merge_remote_holdings(
+        &mut self,
+        holdings: &[Holding],
+        tracker: SocketAddr,
+        now: Instant,
+    ) -> usize {
+        let expires = now + self.config.ttl;
+        let mut kept = 0;
+        for h in holdings {
+            let (name, id) = (&h.file.name, h.node.id);
+            if !valid_file_name(name) || h.have > h.file.pieces {
+                continue;
+            }
+            let remote_full = self.remote_holdings >= self.config.max_remote_holdings;
+            if let Some(f) = self.files.get(name) {
+                if f.info != h.file || f.local.contains_key(&id) {
+                    continue;
+                }
+                if !f.remote.contains_key(&id)
+                    && (remote_full || f.holders() >= self.config.max_holders)
+                {
+                    continue;
+                }
+            } else {
+                if remote_full
+                    || self.files.len() >= self.config.max_files
+                    || self.config.max_holders == 0
+                {
+                    continue;
+                }
+                self.files.insert(
+                    name.clone(),
+                    File {
+                        info: h.file.clone(),
+                        local: BTreeMap::new(),
+                        remote: HashMap::new(),
+                    },
+                );
+            }
+            let Some(f) = self.files.get_mut(name) else {
+                continue;
+            };
+            let fresh = RemoteHolding {
+                node: h.node.clone(),
+                have: h.have,
+                tracker,
+                expires,
+            };
+            match f.remote.insert(id, fresh) {
+                Some(old) => {
+                    self.deadlines
+                        .remove(&(old.expires, Due::Holding(name.clone(), id)));
+                }
+                None => self.remote_holdings += 1,
+            }
+            self.deadlines
+                .insert((expires, Due::Holding(name.clone(), id)));
+            kept += 1;
+        }
+        kept
+    }
+
+    /// Drops `node`'s local holding of `name` from the file, and the file
+    /// if nobody holds it any more (`held` is the caller's business).
+    fn drop_local(&mut self, node: NodeId, name: &str) {
+        if let Some(f) = self.files.get_mut(name) {
+            f.local.remove(&node);
+            if f.is_empty() {
+                self.files.remove(name);
+            }
+        }
+    }
+
+    /// Drops every local holding of `node` (it left).
+    fn drop_holdings(&mut self, node: NodeId) {
+        for name in self.held.remove(&node).unwrap_or_default() {
+            self.holdings -= 1;
+            self.drop_local(node, &name);
+        }
+    }
+
     /// When [`Registry::expire`] next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.first().map(|&(t, _)| t)
     }
 
-    /// Drops every node and reservation whose time is up; returns the
-    /// local nodes that expired.
+    /// Drops every node, reservation and remote holding whose time is up
+    /// (with the holdings of the nodes that go); returns the local nodes
+    /// that expired.
     pub fn expire(&mut self, now: Instant) -> Vec<NodeInfo> {
         let mut gone = Vec::new();
-        while let Some(&(t, due)) = self.deadlines.first() {
-            if t > now {
+        while self.deadlines.first().is_some_and(|(t, _)| *t <= now) {
+            let Some((_, due)) = self.deadlines.pop_first() else {
                 break;
-            }
-            self.deadlines.pop_first();
+            };
             match due {
                 Due::Node(id) => {
                     if let Some(e) = self.nodes.remove(&id) {
                         self.leave_room(id, e.info.room);
+                        self.drop_holdings(id);
                         gone.push(e.info);
+                    }
+                }
+                Due::Holding(name, node) => {
+                    if let Some(f) = self.files.get_mut(&name) {
+                        if f.remote.remove(&node).is_some() {
+                            self.remote_holdings -= 1;
+                        }
+                        if f.is_empty() {
+                            self.files.remove(&name);
+                        }
                     }
                 }
                 Due::Remote(id) => {
@@ -436,6 +813,12 @@ impl Registry {
     fn leave_room(&mut self, id: NodeId, room: RoomId) {
         unindex(&mut self.rooms, id, room);
     }
+}
+
+/// Whether the catalog takes `name`: 1 to [`MAX_FILE_NAME`] bytes, no
+/// control characters (the wire has already checked it is UTF-8).
+pub fn valid_file_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_FILE_NAME && !name.chars().any(char::is_control)
 }
 
 /// Takes `id` out of `room`'s list, dropping the room when it empties.
@@ -683,5 +1066,389 @@ mod tests {
         assert_eq!(r.trackers(), &a[..3]);
         r.remove_tracker(a[0]);
         assert_eq!(r.trackers(), &a[1..3]);
+    }
+
+    // --- The file catalog -----------------------------------------------
+
+    fn file(name: &str, pieces: u32, index: u8) -> FileInfo {
+        FileInfo {
+            name: name.into(),
+            size: u64::from(pieces) * 1000,
+            duration_ms: 60_000,
+            pieces,
+            index: [index; 32],
+        }
+    }
+
+    fn here() -> SocketAddr {
+        "192.0.2.1:7000".parse().expect("addr")
+    }
+
+    fn there() -> SocketAddr {
+        "192.0.2.2:7000".parse().expect("addr")
+    }
+
+    /// A registry with peers `ids` in the lobby, each with workload `id`.
+    fn lobby(config: Config, ids: impl IntoIterator<Item = NodeId>, t: Instant) -> Registry {
+        let mut r = Registry::new(config, 1);
+        for id in ids {
+            r.register(node(id, Role::Peer, LOBBY, id as u32), b"", t)
+                .expect("lobby");
+        }
+        r
+    }
+
+    fn counts(r: &Registry, name: &str) -> Option<(u32, u32)> {
+        r.entry(name).map(|e| (e.holders, e.complete))
+    }
+
+    fn holder_ids(v: &[Holder]) -> Vec<NodeId> {
+        v.iter().map(|h| h.node.id).collect()
+    }
+
+    fn holding(f: &FileInfo, id: NodeId, have: u32) -> Holding {
+        Holding {
+            file: f.clone(),
+            node: node(id, Role::Peer, LOBBY, id as u32),
+            have,
+        }
+    }
+
+    #[test]
+    fn publishing_needs_a_registered_node_and_a_valid_file() {
+        let t = Instant::now();
+        let mut r = lobby(cfg(), [1], t);
+        let movie = file("movie.ts", 100, 1);
+        assert_eq!(
+            r.publish(2, movie.clone(), 1),
+            Err(RegistryError::NotRegistered)
+        );
+        for bad in ["", "a\nb", "tab\there", "nul\0"] {
+            assert_eq!(
+                r.publish(1, file(bad, 1, 1), 0),
+                Err(RegistryError::Invalid),
+                "{bad:?}"
+            );
+        }
+        let long = "é".repeat(128); // 256 bytes
+        assert_eq!(
+            r.publish(1, file(&long, 1, 1), 0),
+            Err(RegistryError::Invalid)
+        );
+        assert_eq!(
+            r.publish(1, movie.clone(), 101),
+            Err(RegistryError::Invalid),
+            "more pieces held than there are"
+        );
+        assert_eq!(r.file_count(), 0);
+        r.publish(1, file(&"é".repeat(127), 1, 1), 1)
+            .expect("254 bytes of accents");
+        r.publish(1, movie, 100).expect("valid");
+        assert_eq!(counts(&r, "movie.ts"), Some((1, 1)));
+        r.publish(1, file("empty", 0, 1), 0)
+            .expect("an empty file is complete with no pieces");
+        assert_eq!(counts(&r, "empty"), Some((1, 1)));
+    }
+
+    #[test]
+    fn publishing_again_updates_have() {
+        let t = Instant::now();
+        let mut r = lobby(cfg(), [1, 2, 3], t);
+        let movie = file("movie.ts", 100, 1);
+        r.publish(1, movie.clone(), 10).expect("1");
+        r.publish(2, movie.clone(), 20).expect("2");
+        r.publish(3, movie.clone(), 100).expect("3");
+        assert_eq!(counts(&r, "movie.ts"), Some((3, 1)));
+        r.publish(1, movie.clone(), 100).expect("1 completes");
+        assert_eq!(counts(&r, "movie.ts"), Some((3, 2)));
+        r.publish(3, movie, 50).expect("3 dropped pieces");
+        assert_eq!(counts(&r, "movie.ts"), Some((3, 1)));
+        let haves: Vec<(NodeId, u32)> = r
+            .holders("movie.ts", 10, 0, here())
+            .iter()
+            .map(|h| (h.node.id, h.have))
+            .collect();
+        assert_eq!(haves, [(1, 100), (2, 20), (3, 50)]);
+        assert_eq!(r.local_holdings(usize::MAX).len(), 3);
+    }
+
+    #[test]
+    fn a_name_stands_for_one_file() {
+        let t = Instant::now();
+        let mut r = lobby(cfg(), [1, 2], t);
+        let v1 = file("movie.ts", 100, 1);
+        let v2 = file("movie.ts", 100, 2);
+        r.publish(1, v1.clone(), 5).expect("first");
+        assert_eq!(
+            r.publish(2, v2.clone(), 5),
+            Err(RegistryError::Conflict),
+            "another index"
+        );
+        let longer = FileInfo {
+            size: v1.size + 1,
+            ..v1.clone()
+        };
+        assert_eq!(
+            r.publish(2, longer, 5),
+            Err(RegistryError::Conflict),
+            "same index, another size"
+        );
+        // The sole holder replaces its file.
+        r.publish(1, v2.clone(), 7).expect("sole holder");
+        assert_eq!(r.entry("movie.ts").map(|e| e.file.index), Some([2; 32]));
+        assert_eq!(r.publish(2, v1.clone(), 5), Err(RegistryError::Conflict));
+        r.publish(2, v2, 5).expect("same file");
+        // With two holders, nobody may change it.
+        assert_eq!(r.publish(1, v1.clone(), 5), Err(RegistryError::Conflict));
+        assert_eq!(counts(&r, "movie.ts"), Some((2, 0)));
+        // Once they are gone, the name is free again.
+        r.unpublish(1, "movie.ts");
+        r.unpublish(2, "movie.ts");
+        r.publish(2, v1, 5).expect("free name");
+    }
+
+    #[test]
+    fn holdings_go_with_unpublish_bye_and_expiry_and_names_with_their_last_holder() {
+        let t = Instant::now();
+        let mut r = lobby(cfg(), [1, 2, 3], t);
+        let movie = file("movie.ts", 100, 1);
+        let song = file("song.mp3", 10, 9);
+        for id in [1, 2, 3] {
+            r.publish(id, movie.clone(), 50).expect("movie");
+        }
+        r.publish(1, song.clone(), 10).expect("song");
+        assert!(r.unpublish(2, "movie.ts"));
+        assert!(!r.unpublish(2, "movie.ts"), "not held any more");
+        assert!(!r.unpublish(2, "nothing"));
+        assert_eq!(counts(&r, "movie.ts"), Some((2, 0)));
+        // Bye: every holding of the node goes.
+        r.remove(1);
+        assert_eq!(counts(&r, "movie.ts"), Some((1, 0)));
+        assert_eq!(counts(&r, "song.mp3"), None, "its last holder left");
+        // Expiry: the same.
+        r.update(2, 0, NatType::Unknown, t + Duration::from_secs(60))
+            .expect("2 lives on");
+        r.expire(t + Duration::from_secs(120));
+        assert_eq!(counts(&r, "movie.ts"), None);
+        assert_eq!(r.file_count(), 0);
+        assert!(r.local_holdings(usize::MAX).is_empty());
+        // What is left holds nothing; the counters are back at zero.
+        assert_eq!(r.publish(2, song, 1), Ok(()));
+        assert_eq!(r.holdings, 1);
+    }
+
+    #[test]
+    fn the_catalog_lists_names_by_prefix_in_order() {
+        let t = Instant::now();
+        let mut r = lobby(cfg(), [1, 2], t);
+        for (i, name) in ["c", "a/y", "b", "ab", "a/x", "ä", "a"].iter().enumerate() {
+            r.publish(1, file(name, 4, i as u8), 4).expect("publish");
+        }
+        r.publish(2, file("a/x", 4, 4), 1).expect("second holder");
+        let names = |prefix: &str, max: usize| -> Vec<String> {
+            r.catalog(prefix, max)
+                .into_iter()
+                .map(|e| e.file.name)
+                .collect()
+        };
+        assert_eq!(names("", 99), ["a", "a/x", "a/y", "ab", "b", "c", "ä"]);
+        assert_eq!(names("a/", 99), ["a/x", "a/y"]);
+        assert_eq!(names("a", 99), ["a", "a/x", "a/y", "ab"]);
+        assert_eq!(names("a", 2), ["a", "a/x"]);
+        assert_eq!(names("ä", 99), ["ä"]);
+        assert!(names("z", 99).is_empty());
+        assert!(names("a/xx", 99).is_empty());
+        let ax = r.catalog("a/x", 1);
+        assert_eq!(
+            ax.first().map(|e| (e.holders, e.complete, e.file.size)),
+            Some((2, 1, 4000))
+        );
+    }
+
+    #[test]
+    fn holders_come_complete_first_then_least_loaded_never_the_asker() {
+        let t = Instant::now();
+        // Node id = workload.
+        let mut r = lobby(cfg(), [1, 2, 3, 4, 5, 6], t);
+        let movie = file("movie.ts", 100, 1);
+        for (id, have) in [(1, 10), (2, 100), (3, 60), (4, 100), (5, 60), (6, 90)] {
+            r.publish(id, movie.clone(), have).expect("publish");
+        }
+        r.update(5, 3, NatType::Unknown, t)
+            .expect("5 as loaded as 3");
+        let order = holder_ids(&r.holders("movie.ts", 10, 0, here()));
+        // Complete: 2, 4. Then by load: 1 (1), 3 and 5 (3; equal pieces:
+        // by id), 6 (6).
+        assert_eq!(order, [2, 4, 1, 3, 5, 6]);
+        assert_eq!(holder_ids(&r.holders("movie.ts", 3, 4, here())), [2, 1, 3]);
+        assert!(r
+            .holders("movie.ts", 10, 0, here())
+            .iter()
+            .all(|h| h.tracker == here()));
+        assert!(r.holders("unknown", 10, 0, here()).is_empty());
+        assert!(r.holders("movie.ts", 0, 0, here()).is_empty());
+    }
+
+    #[test]
+    fn catalog_limits_refuse_without_evicting() {
+        let t = Instant::now();
+        let mut r = lobby(
+            Config {
+                max_files: 2,
+                max_holders: 2,
+                max_holdings: 4,
+                ..cfg()
+            },
+            [1, 2, 3],
+            t,
+        );
+        let (a, b, c) = (file("a", 4, 1), file("b", 4, 1), file("c", 4, 1));
+        r.publish(1, a.clone(), 1).expect("a");
+        r.publish(1, b.clone(), 1).expect("b");
+        assert_eq!(r.publish(1, c, 1), Err(RegistryError::Full), "files");
+        r.publish(2, a.clone(), 1).expect("a, 2");
+        assert_eq!(
+            r.publish(3, a.clone(), 1),
+            Err(RegistryError::Full),
+            "holders of a"
+        );
+        r.publish(2, b.clone(), 1).expect("b, 2: four holdings");
+        assert_eq!(counts(&r, "a"), Some((2, 0)));
+        // Updates still pass at every limit.
+        r.publish(1, a.clone(), 4).expect("update");
+        assert_eq!(counts(&r, "a"), Some((2, 1)));
+        r.unpublish(2, "b");
+        assert_eq!(
+            r.publish(3, a, 1),
+            Err(RegistryError::Full),
+            "still two holders of a"
+        );
+        r.publish(3, b, 1).expect("room again");
+        let mut tiny = lobby(
+            Config {
+                max_holdings: 1,
+                ..cfg()
+            },
+            [1],
+            t,
+        );
+        tiny.publish(1, file("x", 1, 1), 1).expect("one");
+        assert_eq!(
+            tiny.publish(1, file("y", 1, 1), 1),
+            Err(RegistryError::Full),
+            "holdings"
+        );
+    }
+
+    #[test]
+    fn holdings_of_linked_trackers_are_counted_until_they_go_stale() {
+        let t = Instant::now();
+        let mut r = lobby(cfg(), [1, 2], t);
+        let movie = file("movie.ts", 100, 1);
+        r.publish(1, movie.clone(), 100).expect("local");
+        let theirs = [
+            holding(&movie, 10, 30),
+            holding(&movie, 11, 100),
+            holding(&file("song.mp3", 5, 3), 10, 5),
+        ];
+        assert_eq!(r.merge_remote_holdings(&theirs, there(), t), 3);
+        assert_eq!(counts(&r, "movie.ts"), Some((3, 2)));
+        assert_eq!(counts(&r, "song.mp3"), Some((1, 1)));
+        let hs = r.holders("movie.ts", 10, 2, here());
+        let seen: Vec<(NodeId, SocketAddr)> = hs.iter().map(|h| (h.node.id, h.tracker)).collect();
+        assert_eq!(seen, [(1, here()), (11, there()), (10, there())]);
+        // Only local holdings are gossiped on.
+        assert_eq!(holder_ids_of(&r.local_holdings(99)), [1]);
+        // Reported again, a holding stays (with its new `have`); one no
+        // longer reported goes stale, and its name with it.
+        r.merge_remote_holdings(
+            &[holding(&movie, 10, 100)],
+            there(),
+            t + Duration::from_secs(60),
+        );
+        r.update(1, 0, NatType::Unknown, t + Duration::from_secs(100))
+            .expect("heartbeat");
+        r.update(2, 0, NatType::Unknown, t + Duration::from_secs(100))
+            .expect("heartbeat");
+        r.expire(t + Duration::from_secs(150));
+        assert_eq!(counts(&r, "movie.ts"), Some((2, 2)));
+        assert_eq!(counts(&r, "song.mp3"), None);
+        r.expire(t + Duration::from_secs(180));
+        assert_eq!(counts(&r, "movie.ts"), Some((1, 1)));
+        assert_eq!(r.remote_holdings, 0);
+    }
+
+    fn holder_ids_of(v: &[Holding]) -> Vec<NodeId> {
+        v.iter().map(|h| h.node.id).collect()
+    }
+
+    #[test]
+    fn a_node_is_counted_once_and_the_first_file_under_a_name_wins() {
+        let t = Instant::now();
+        let mut r = lobby(cfg(), [1, 2], t);
+        let v1 = file("movie.ts", 100, 1);
+        let v2 = file("movie.ts", 100, 2);
+        // Node 2 holds it here and, says a linked tracker, there too.
+        r.merge_remote_holdings(&[holding(&v1, 2, 10)], there(), t);
+        r.publish(2, v1.clone(), 20).expect("local replaces remote");
+        assert_eq!(r.remote_holdings, 0);
+        assert_eq!(
+            r.merge_remote_holdings(&[holding(&v1, 2, 10)], there(), t),
+            0,
+            "the local holding is authoritative"
+        );
+        assert_eq!(counts(&r, "movie.ts"), Some((1, 0)));
+        assert_eq!(r.holders("movie.ts", 9, 0, here())[0].have, 20);
+        // Another file under the name is ignored, from a link or from here.
+        assert_eq!(
+            r.merge_remote_holdings(&[holding(&v2, 9, 1)], there(), t),
+            0
+        );
+        assert_eq!(r.publish(1, v2.clone(), 1), Err(RegistryError::Conflict));
+        // Remote-only: the first file seen wins, here too.
+        r.unpublish(2, "movie.ts");
+        r.merge_remote_holdings(&[holding(&v2, 9, 1)], there(), t);
+        assert_eq!(r.publish(1, v1, 1), Err(RegistryError::Conflict));
+        r.publish(1, v2, 1).expect("the same file");
+        assert_eq!(counts(&r, "movie.ts"), Some((2, 0)));
+        // Invalid holdings are ignored.
+        let bad = [
+            holding(&file("", 1, 1), 9, 0),
+            holding(&file("x\n", 1, 1), 9, 0),
+            holding(&file("y", 1, 1), 9, 2),
+        ];
+        assert_eq!(r.merge_remote_holdings(&bad, there(), t), 0);
+        assert_eq!(r.file_count(), 1);
+    }
+
+    #[test]
+    fn holdings_learnt_from_links_are_bounded() {
+        let t = Instant::now();
+        let mut r = lobby(
+            Config {
+                max_files: 2,
+                max_holders: 2,
+                max_remote_holdings: 3,
+                ..cfg()
+            },
+            [1],
+            t,
+        );
+        let (a, b, c) = (file("a", 4, 1), file("b", 4, 1), file("c", 4, 1));
+        r.publish(1, a.clone(), 1).expect("local");
+        let theirs = [
+            holding(&a, 10, 1),
+            holding(&a, 11, 1), // a has two holders
+            holding(&b, 10, 1),
+            holding(&c, 10, 1), // two files
+            holding(&b, 11, 1),
+            holding(&b, 12, 1), // three remote holdings
+        ];
+        assert_eq!(r.merge_remote_holdings(&theirs, there(), t), 3);
+        assert_eq!(counts(&r, "a"), Some((2, 0)));
+        assert_eq!(counts(&r, "b"), Some((2, 0)));
+        assert_eq!(counts(&r, "c"), None);
+        // Refreshing what is kept passes at the limit.
+        assert_eq!(r.merge_remote_holdings(&theirs[..1], there(), t), 1);
     }
 }

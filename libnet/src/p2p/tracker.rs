@@ -9,14 +9,16 @@
 //!  links        ──► one coroutine per configured tracker: connect, announce
 //!                   (TrackerInfo), then the same connection handler
 //!  gossip       ──► every `gossip` period, to every linked tracker: the
-//!                   trackers we know and the nodes registered here
+//!                   trackers we know, the nodes registered here and the
+//!                   files they hold
 //!  expiry       ──► drops nodes whose TTL ran out
 //! ```
 //!
 //! Everything runs on the loop that called [`Tracker::start`]. A
 //! connection whose outbox is full (a client that does not read) is
 //! dropped; a malformed frame gets an Error frame and the connection is
-//! closed; a node's entry goes when its connection does.
+//! closed; a node's entry (and what it published to the file catalog) goes
+//! when its connection does.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -36,6 +38,8 @@ use crate::time::{clock_now, sleep, sleep_until};
 const OUTBOX: usize = 256;
 /// Nodes per gossip frame (the wire's list bound).
 const GOSSIP_CHUNK: usize = 256;
+/// Holdings per gossip frame (the wire's list bound).
+const HOLDINGS_CHUNK: usize = wire::MAX_HOLDINGS;
 
 /// Tracker settings.
 #[derive(Clone, Debug)]
@@ -126,6 +130,8 @@ pub struct TrackerStats {
     pub peers: usize,
     /// Rooms with nodes here.
     pub rooms: usize,
+    /// Names in the file catalog (held here or on linked trackers).
+    pub files: usize,
     /// Other trackers known.
     pub trackers: usize,
 }
@@ -204,6 +210,7 @@ impl Tracker {
         let mut s = TrackerStats {
             nodes: reg.len(),
             rooms: reg.rooms().count(),
+            files: reg.file_count(),
             trackers: reg.trackers().len(),
             ..TrackerStats::default()
         };
@@ -333,7 +340,8 @@ fn gossip_loop(st: Rc<State>) {
     }
 }
 
-/// What a linked tracker is told: the trackers known, then the local nodes.
+/// What a linked tracker is told: the trackers known, then the local
+/// nodes, then the files they hold.
 fn gossip(st: &State) -> Vec<Message> {
     let mut out = vec![tracker_list(st)];
     let reg = st.reg.borrow();
@@ -342,6 +350,12 @@ fn gossip(st: &State) -> Vec<Message> {
         out.push(Message::NodesList {
             room: 0,
             nodes: chunk.to_vec(),
+        });
+    }
+    let holdings = reg.local_holdings(reg.config().max_remote_holdings);
+    for chunk in holdings.chunks(HOLDINGS_CHUNK) {
+        out.push(Message::HoldingsList {
+            holdings: chunk.to_vec(),
         });
     }
     out
@@ -384,6 +398,9 @@ fn serve_conn(st: &Rc<State>, conn: TcpStream, addr: SocketAddr, first: Option<M
         let _ = out.try_send(m);
     }
     let mut peer = Peer::Unknown;
+    // This tracker as the other end reached it: what `Holder::tracker`
+    // says of local holders (`st.tcp` may be a wildcard address).
+    let here = conn.local_addr().unwrap_or(st.tcp);
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 16 * 1024];
     // Silent connections go after one TTL (heartbeats come far more often).
@@ -411,7 +428,7 @@ fn serve_conn(st: &Rc<State>, conn: TcpStream, addr: SocketAddr, first: Option<M
             if st.config.verbose {
                 log::info!("tracker: {addr}: {msg:?}");
             }
-            match handle(st, &mut peer, addr, msg, &out) {
+            match handle(st, &mut peer, addr, here, msg, &out) {
                 Ok(true) => {}
                 Ok(false) => break 'conn,
                 Err(()) => {
@@ -457,6 +474,8 @@ fn registry_error(e: RegistryError) -> Message {
         RegistryError::UnknownRoom => ErrorCode::UnknownRoom,
         RegistryError::NotRegistered => ErrorCode::NotRegistered,
         RegistryError::Full => ErrorCode::TooMany,
+        RegistryError::Conflict => ErrorCode::Conflict,
+        RegistryError::Invalid => ErrorCode::Invalid,
     };
     Message::error(code, &e.to_string())
 }
@@ -472,6 +491,14 @@ fn tracker_list(st: &State) -> Message {
             .take(wire::MAX_TRACKERS - 1),
     );
     Message::TrackersList { trackers }
+}
+
+/// The answer to `Publish` and `Unpublish`: the file's entry as it now
+/// stands, or none once nobody holds it.
+fn catalog_entry(st: &State, name: &str) -> Message {
+    Message::Catalog {
+        entries: st.reg.borrow().entry(name).into_iter().collect(),
+    }
 }
 
 /// The logged-in chat users, as the tracker knows them now.
@@ -501,12 +528,14 @@ fn chat_list(st: &State) -> Message {
     Message::ChatList { users }
 }
 
-/// Handles one message. `Ok(false)` ends the connection; `Err(())` means
-/// the outbox is full.
+/// Handles one message that came from `addr` to `here` (the connection's
+/// two ends). `Ok(false)` ends the connection; `Err(())` means the outbox
+/// is full.
 fn handle(
     st: &Rc<State>,
     peer: &mut Peer,
     addr: SocketAddr,
+    here: SocketAddr,
     msg: Message,
     out: &Sender<Message>,
 ) -> Result<bool, ()> {
@@ -650,6 +679,53 @@ fn handle(
         Message::NodesList { nodes, .. } => {
             if let Peer::Tracker(..) = *peer {
                 st.reg.borrow_mut().merge_remote(&nodes, now);
+            }
+        }
+        Message::Publish { file, have } => {
+            let Peer::Node(id) = *peer else {
+                reply(registry_error(RegistryError::NotRegistered))?;
+                return Ok(true);
+            };
+            let name = file.name.clone();
+            let r = st.reg.borrow_mut().publish(id, file, have);
+            match r {
+                Ok(()) => reply(catalog_entry(st, &name))?,
+                Err(e) => reply(registry_error(e))?,
+            }
+        }
+        Message::Unpublish { name } => {
+            let Peer::Node(id) = *peer else {
+                reply(registry_error(RegistryError::NotRegistered))?;
+                return Ok(true);
+            };
+            st.reg.borrow_mut().unpublish(id, &name);
+            reply(catalog_entry(st, &name))?;
+        }
+        Message::CatalogRequest { prefix } => {
+            let entries = st.reg.borrow().catalog(&prefix, wire::MAX_CATALOG);
+            reply(Message::Catalog { entries })?;
+        }
+        Message::HoldersRequest { name, max } => {
+            let asker = match *peer {
+                Peer::Node(id) => id,
+                _ => 0,
+            };
+            let max = usize::from(max).min(wire::MAX_NODES);
+            let holders = st.reg.borrow().holders(&name, max, asker, here);
+            reply(Message::Holders { name, holders })?;
+        }
+        Message::HoldingsList { holdings } => {
+            if let Peer::Tracker(_, tcp) = *peer {
+                // A tracker listening on a wildcard address is reached at
+                // the IP its link comes from.
+                let tracker = if tcp.ip().is_unspecified() {
+                    SocketAddr::new(addr.ip(), tcp.port())
+                } else {
+                    tcp
+                };
+                st.reg
+                    .borrow_mut()
+                    .merge_remote_holdings(&holdings, tracker, now);
             }
         }
         Message::ChatLogin { name } => {

@@ -44,13 +44,17 @@
 //! | list          | count u16, then the items; each field has a bound                |
 //! | [`NodeInfo`]  | id u64, role, room u32, public address, local address, workload u32, nat |
 //! | [`ChatUser`]  | name string(64), node u64, public address, ttl_secs u32, punched list(256) of u64 |
+//! | [`FileInfo`]  | name string(255), size u64, duration_ms u64, pieces u32, index: 32 bytes (no length) |
+//! | [`CatalogEntry`] | file [`FileInfo`], holders u32, complete u32                  |
+//! | [`Holder`]    | node [`NodeInfo`], have u32, tracker address                     |
+//! | [`Holding`]   | file [`FileInfo`], node [`NodeInfo`], have u32                   |
 //!
 //! IPv6 flow information and scope ids are not carried (they decode as 0).
 //!
 //! Message types come in blocks: 0x01–0x0F the peer protocol (over RUDP,
 //! peer ↔ peer and peer ↔ edge), 0x10–0x2F the tracker protocol (the TCP
-//! connection to a tracker), 0x30–0x3F NAT discovery and punching, 0x40–0x4F
-//! chat, 0x7F error. Each [`Message`] variant documents its type code and
+//! connection to a tracker; 0x20–0x2F of it the file catalog), 0x30–0x3F NAT
+//! discovery and punching, 0x40–0x4F chat, 0x7F error. Each [`Message`] variant documents its type code and
 //! its fields, which are encoded in the order they are declared.
 //!
 //! # Decoding
@@ -109,6 +113,14 @@ pub const MAX_CHAT_USERS: usize = 256;
 pub const MAX_PUNCHED: usize = 256;
 /// Most bytes of the bitmap in one [`Message::Map`] (8 ids a byte).
 pub const MAX_MAP_BYTES: usize = 512;
+/// Longest file name in the catalog, in bytes (and longest catalog prefix).
+pub const MAX_FILE_NAME: usize = 255;
+/// Bytes in a [`FileInfo::index`]: the hash of the file's signed index.
+pub const INDEX_LEN: usize = 32;
+/// Most entries in one [`Message::Catalog`].
+pub const MAX_CATALOG: usize = 256;
+/// Most holdings in one [`Message::HoldingsList`] (tracker gossip).
+pub const MAX_HOLDINGS: usize = 1024;
 
 // Type codes. Keep `type_name`, `Message::code` and `decode_payload` in step.
 const T_INIT: u8 = 0x01;
@@ -136,6 +148,14 @@ const T_UPDATE: u8 = 0x17;
 const T_ROOM_ALLOCATE: u8 = 0x18;
 const T_ROOM_ALLOCATED: u8 = 0x19;
 const T_BYE: u8 = 0x1A;
+
+const T_PUBLISH: u8 = 0x20;
+const T_UNPUBLISH: u8 = 0x21;
+const T_CATALOG_REQUEST: u8 = 0x22;
+const T_CATALOG: u8 = 0x23;
+const T_HOLDERS_REQUEST: u8 = 0x24;
+const T_HOLDERS: u8 = 0x25;
+const T_HOLDINGS_LIST: u8 = 0x26;
 
 const T_WHOAMI: u8 = 0x30;
 const T_WHOAMI_REPLY: u8 = 0x31;
@@ -182,6 +202,13 @@ fn type_name(code: u8) -> Option<&'static str> {
         T_ROOM_ALLOCATE => "RoomAllocate",
         T_ROOM_ALLOCATED => "RoomAllocated",
         T_BYE => "Bye",
+        T_PUBLISH => "Publish",
+        T_UNPUBLISH => "Unpublish",
+        T_CATALOG_REQUEST => "CatalogRequest",
+        T_CATALOG => "Catalog",
+        T_HOLDERS_REQUEST => "HoldersRequest",
+        T_HOLDERS => "Holders",
+        T_HOLDINGS_LIST => "HoldingsList",
         T_WHOAMI => "Whoami",
         T_WHOAMI_REPLY => "WhoamiReply",
         T_PUNCH_REQUEST => "PunchRequest",
@@ -219,6 +246,60 @@ pub struct ChatUser {
     /// Nodes this user has already punched through to (at most
     /// [`MAX_PUNCHED`]).
     pub punched: Vec<NodeId>,
+}
+
+/// What a file is, as its holders publish it: everything but how much of
+/// it one holder has. Two files under one name are told apart by `index`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileInfo {
+    /// The file's name in the catalog (1 to [`MAX_FILE_NAME`] bytes of
+    /// UTF-8; the tracker refuses empty names and control characters).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its playing time in milliseconds (0 when it has none).
+    pub duration_ms: u64,
+    /// How many pieces it is cut into.
+    pub pieces: u32,
+    /// The hash of the file's signed index (its piece list), which
+    /// identifies the content.
+    pub index: [u8; INDEX_LEN],
+}
+
+/// One entry of a [`Message::Catalog`]: a file and how many hold it,
+/// counted over the tracker and its linked trackers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogEntry {
+    /// The file.
+    pub file: FileInfo,
+    /// Nodes holding all or part of it.
+    pub holders: u32,
+    /// Of those, the nodes holding all of it (`have == pieces`).
+    pub complete: u32,
+}
+
+/// One entry of a [`Message::Holders`]: a node holding (part of) a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The node, with its addresses, for punching.
+    pub node: NodeInfo,
+    /// How many of the file's pieces it holds.
+    pub have: u32,
+    /// The TCP address of the tracker the node is registered on: the one
+    /// to send the `PunchRequest` through.
+    pub tracker: SocketAddr,
+}
+
+/// One entry of a [`Message::HoldingsList`]: a node registered on the
+/// sending tracker holds (part of) a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holding {
+    /// The file.
+    pub file: FileInfo,
+    /// The node.
+    pub node: NodeInfo,
+    /// How many of the file's pieces it holds.
+    pub have: u32,
 }
 
 /// The wire code of a [`ReplyFrom`].
@@ -260,6 +341,13 @@ pub enum ErrorCode {
     Unsupported,
     /// The receiver failed for reasons of its own.
     Internal,
+    /// The name already stands for another file (another size, length,
+    /// piece count or index) on this tracker or a linked one.
+    Conflict,
+    /// A well-formed request with values the receiver does not take (an
+    /// empty file name or one with control characters, more pieces held
+    /// than the file has).
+    Invalid,
 }
 
 impl ErrorCode {
@@ -273,6 +361,8 @@ impl ErrorCode {
             ErrorCode::Malformed => 5,
             ErrorCode::Unsupported => 6,
             ErrorCode::Internal => 7,
+            ErrorCode::Conflict => 8,
+            ErrorCode::Invalid => 9,
         }
     }
 
@@ -286,6 +376,8 @@ impl ErrorCode {
             5 => ErrorCode::Malformed,
             6 => ErrorCode::Unsupported,
             7 => ErrorCode::Internal,
+            8 => ErrorCode::Conflict,
+            9 => ErrorCode::Invalid,
             _ => return None,
         })
     }
@@ -511,6 +603,62 @@ pub enum Message {
     /// payload.
     Bye,
 
+    // --- File catalog (TCP; node <-> tracker, tracker <-> tracker) --------
+    /// 0x20. The sending node (registered with `Hello` on this connection)
+    /// holds all or part of a file. Sent again, it updates `have`.
+    /// Answered by a `Catalog` holding the file's entry as it now stands,
+    /// or an `Error` (`Conflict`: the name stands for another file;
+    /// `Invalid`: a bad name, or `have > pieces`; `TooMany`: a limit).
+    Publish {
+        /// The file.
+        file: FileInfo,
+        /// How many of its pieces the node holds.
+        have: u32,
+    },
+    /// 0x21. The sending node no longer holds the file. Answered by a
+    /// `Catalog` with what remains of the file's entry (empty once nobody
+    /// holds it).
+    Unpublish {
+        /// The file's name (at most [`MAX_FILE_NAME`] bytes).
+        name: String,
+    },
+    /// 0x22. Asks for the files whose names start with `prefix`, here and
+    /// on linked trackers; answered by `Catalog`.
+    CatalogRequest {
+        /// The prefix; empty for every file (at most [`MAX_FILE_NAME`]
+        /// bytes).
+        prefix: String,
+    },
+    /// 0x23. The answer to `CatalogRequest`, `Publish` and `Unpublish`:
+    /// files sorted by name, the first [`MAX_CATALOG`] that match.
+    Catalog {
+        /// The files (at most [`MAX_CATALOG`]).
+        entries: Vec<CatalogEntry>,
+    },
+    /// 0x24. Asks who holds a file; answered by `Holders`.
+    HoldersRequest {
+        /// The file's name (at most [`MAX_FILE_NAME`] bytes).
+        name: String,
+        /// At most this many (the answer holds at most [`MAX_NODES`]
+        /// anyway).
+        max: u16,
+    },
+    /// 0x25. The answer to `HoldersRequest`: holders here and on linked
+    /// trackers, never the asker; complete holders first, then the least
+    /// loaded, then those with the most pieces. Empty for an unknown name.
+    Holders {
+        /// The file's name, echoed (at most [`MAX_FILE_NAME`] bytes).
+        name: String,
+        /// The holders (at most [`MAX_NODES`]).
+        holders: Vec<Holder>,
+    },
+    /// 0x26. Tracker-to-tracker gossip: files held by nodes registered on
+    /// the sender (a tracker's whole catalog may take several frames).
+    HoldingsList {
+        /// The holdings (at most [`MAX_HOLDINGS`]).
+        holdings: Vec<Holding>,
+    },
+
     // --- NAT discovery and punching (UDP datagrams, tracker connection) --
     /// 0x30. A node asks a tracker (UDP) for its public address.
     Whoami {
@@ -676,6 +824,13 @@ impl Message {
             Message::RoomAllocate { .. } => T_ROOM_ALLOCATE,
             Message::RoomAllocated { .. } => T_ROOM_ALLOCATED,
             Message::Bye => T_BYE,
+            Message::Publish { .. } => T_PUBLISH,
+            Message::Unpublish { .. } => T_UNPUBLISH,
+            Message::CatalogRequest { .. } => T_CATALOG_REQUEST,
+            Message::Catalog { .. } => T_CATALOG,
+            Message::HoldersRequest { .. } => T_HOLDERS_REQUEST,
+            Message::Holders { .. } => T_HOLDERS,
+            Message::HoldingsList { .. } => T_HOLDINGS_LIST,
             Message::Whoami { .. } => T_WHOAMI,
             Message::WhoamiReply { .. } => T_WHOAMI_REPLY,
             Message::PunchRequest { .. } => T_PUNCH_REQUEST,
@@ -930,6 +1085,41 @@ impl Message {
             }
             Message::RoomAllocate { key } => w.bytes(key)?,
             Message::RoomAllocated { room } => w.u32(*room),
+            Message::Publish { file, have } => {
+                w.file(file)?;
+                w.u32(*have);
+            }
+            Message::Unpublish { name } => w.str(name, MAX_FILE_NAME, "file name")?,
+            Message::CatalogRequest { prefix } => w.str(prefix, MAX_FILE_NAME, "prefix")?,
+            Message::Catalog { entries } => {
+                w.count(entries.len(), MAX_CATALOG, "catalog entry")?;
+                for e in entries {
+                    w.file(&e.file)?;
+                    w.u32(e.holders);
+                    w.u32(e.complete);
+                }
+            }
+            Message::HoldersRequest { name, max } => {
+                w.str(name, MAX_FILE_NAME, "file name")?;
+                w.u16(*max);
+            }
+            Message::Holders { name, holders } => {
+                w.str(name, MAX_FILE_NAME, "file name")?;
+                w.count(holders.len(), MAX_NODES, "holder")?;
+                for h in holders {
+                    w.node(&h.node);
+                    w.u32(h.have);
+                    w.addr(&h.tracker);
+                }
+            }
+            Message::HoldingsList { holdings } => {
+                w.count(holdings.len(), MAX_HOLDINGS, "holding")?;
+                for h in holdings {
+                    w.file(&h.file)?;
+                    w.node(&h.node);
+                    w.u32(h.have);
+                }
+            }
             Message::Whoami { nonce, reply_from } => {
                 w.u64(*nonce);
                 w.u8(reply_from_code(*reply_from));
@@ -1067,6 +1257,15 @@ impl Writer<'_> {
         self.addr(&n.local);
         self.u32(n.workload);
         self.u8(n.nat.code());
+    }
+
+    fn file(&mut self, f: &FileInfo) -> Result<(), EncodeError> {
+        self.str(&f.name, MAX_FILE_NAME, "file name")?;
+        self.u64(f.size);
+        self.u64(f.duration_ms);
+        self.u32(f.pieces);
+        self.out.extend_from_slice(&f.index);
+        Ok(())
     }
 
     fn str(&mut self, s: &str, max: usize, field: &'static str) -> Result<(), EncodeError> {
@@ -1583,6 +1782,40 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn file(&mut self) -> Result<FileInfo, DecodeError> {
+        Ok(FileInfo {
+            name: self.str(MAX_FILE_NAME, "file name")?,
+            size: self.u64("file size")?,
+            duration_ms: self.u64("duration")?,
+            pieces: self.u32("piece count")?,
+            index: self.array("index")?,
+        })
+    }
+
+    fn catalog_entry(&mut self) -> Result<CatalogEntry, DecodeError> {
+        Ok(CatalogEntry {
+            file: self.file()?,
+            holders: self.u32("holder count")?,
+            complete: self.u32("complete count")?,
+        })
+    }
+
+    fn holder(&mut self) -> Result<Holder, DecodeError> {
+        Ok(Holder {
+            node: self.node()?,
+            have: self.u32("pieces held")?,
+            tracker: self.addr("tracker address")?,
+        })
+    }
+
+    fn holding(&mut self) -> Result<Holding, DecodeError> {
+        Ok(Holding {
+            file: self.file()?,
+            node: self.node()?,
+            have: self.u32("pieces held")?,
+        })
+    }
+
     fn finish(self) -> Result<(), DecodeError> {
         if self.rest.is_empty() {
             Ok(())
@@ -1725,6 +1958,30 @@ fn decode_payload(code: u8, payload: &[u8]) -> Result<Message, DecodeError> {
             room: r.u32("room")?,
         },
         T_BYE => Message::Bye,
+        T_PUBLISH => Message::Publish {
+            file: r.file()?,
+            have: r.u32("pieces held")?,
+        },
+        T_UNPUBLISH => Message::Unpublish {
+            name: r.str(MAX_FILE_NAME, "file name")?,
+        },
+        T_CATALOG_REQUEST => Message::CatalogRequest {
+            prefix: r.str(MAX_FILE_NAME, "prefix")?,
+        },
+        T_CATALOG => Message::Catalog {
+            entries: r.list(MAX_CATALOG, "catalog entry", Reader::catalog_entry)?,
+        },
+        T_HOLDERS_REQUEST => Message::HoldersRequest {
+            name: r.str(MAX_FILE_NAME, "file name")?,
+            max: r.u16("max")?,
+        },
+        T_HOLDERS => Message::Holders {
+            name: r.str(MAX_FILE_NAME, "file name")?,
+            holders: r.list(MAX_NODES, "holder", Reader::holder)?,
+        },
+        T_HOLDINGS_LIST => Message::HoldingsList {
+            holdings: r.list(MAX_HOLDINGS, "holding", Reader::holding)?,
+        },
         T_WHOAMI => Message::Whoami {
             nonce: r.u64("nonce")?,
             reply_from: r.enum_code("reply-from", reply_from_of_code)?,
@@ -1924,6 +2181,13 @@ mod tests {
         T_ROOM_ALLOCATE,
         T_ROOM_ALLOCATED,
         T_BYE,
+        T_PUBLISH,
+        T_UNPUBLISH,
+        T_CATALOG_REQUEST,
+        T_CATALOG,
+        T_HOLDERS_REQUEST,
+        T_HOLDERS,
+        T_HOLDINGS_LIST,
         T_WHOAMI,
         T_WHOAMI_REPLY,
         T_PUNCH_REQUEST,
@@ -1964,6 +2228,43 @@ mod tests {
     /// A name of exactly `MAX_NAME` bytes in two-byte characters.
     fn max_name() -> String {
         "é".repeat(MAX_NAME / 2)
+    }
+
+    /// A file name of exactly `MAX_FILE_NAME` bytes (one three-byte
+    /// character, then two-byte ones).
+    fn max_file_name() -> String {
+        let name = format!("€{}", "é".repeat((MAX_FILE_NAME - 3) / 2));
+        assert_eq!(name.len(), MAX_FILE_NAME);
+        name
+    }
+
+    fn file(name: &str, pieces: u32) -> FileInfo {
+        FileInfo {
+            name: name.into(),
+            size: u64::from(pieces) * 65536,
+            duration_ms: 90_000,
+            pieces,
+            index: [0x5A; INDEX_LEN],
+        }
+    }
+
+    /// The largest file description: every field at its widest.
+    fn max_file() -> FileInfo {
+        FileInfo {
+            name: max_file_name(),
+            size: u64::MAX,
+            duration_ms: u64::MAX,
+            pieces: u32::MAX,
+            index: [0xFF; INDEX_LEN],
+        }
+    }
+
+    /// A node with IPv6 addresses, its widest encoding (56 bytes).
+    fn wide_node(id: u64) -> NodeInfo {
+        NodeInfo {
+            public: v6("2001:db8::9", 1),
+            ..node(id)
+        }
     }
 
     /// At least one example of every variant, with IPv4 and IPv6 addresses,
@@ -2181,6 +2482,79 @@ mod tests {
             },
             Message::RoomAllocated { room: 1234 },
             Message::Bye,
+            Message::Publish {
+                file: file("movie.ts", 100),
+                have: 40,
+            },
+            Message::Publish {
+                file: max_file(),
+                have: u32::MAX,
+            },
+            Message::Unpublish {
+                name: "movie.ts".into(),
+            },
+            Message::Unpublish {
+                name: max_file_name(),
+            },
+            Message::CatalogRequest {
+                prefix: String::new(),
+            },
+            Message::CatalogRequest {
+                prefix: max_file_name(),
+            },
+            Message::Catalog { entries: vec![] },
+            Message::Catalog {
+                entries: vec![CatalogEntry {
+                    file: file("movie.ts", 100),
+                    holders: 4,
+                    complete: 1,
+                }],
+            },
+            Message::Catalog {
+                entries: (0..MAX_CATALOG as u32)
+                    .map(|i| CatalogEntry {
+                        file: file(&format!("file{i:03}"), i),
+                        holders: i + 1,
+                        complete: i,
+                    })
+                    .collect(),
+            },
+            Message::HoldersRequest {
+                name: "movie.ts".into(),
+                max: 8,
+            },
+            Message::HoldersRequest {
+                name: max_file_name(),
+                max: u16::MAX,
+            },
+            Message::Holders {
+                name: "unknown".into(),
+                holders: vec![],
+            },
+            Message::Holders {
+                name: "movie.ts".into(),
+                holders: (0..MAX_NODES as u64)
+                    .map(|i| Holder {
+                        node: node(i),
+                        have: i as u32,
+                        tracker: if i % 2 == 0 {
+                            v4(198, 51, 100, 1, 8000)
+                        } else {
+                            v6("2001:db8::1", 8000)
+                        },
+                    })
+                    .collect(),
+            },
+            Message::HoldingsList { holdings: vec![] },
+            Message::HoldingsList {
+                holdings: (0..MAX_HOLDINGS as u64)
+                    .map(|i| Holding {
+                        file: file(&format!("f{}", i % 7), 10),
+                        node: node(i),
+                        have: (i % 11) as u32,
+                    })
+                    .collect(),
+            },
             Message::Whoami {
                 nonce: 8,
                 reply_from: ReplyFrom::OtherPort,
@@ -2347,7 +2721,14 @@ mod tests {
                 | Message::Update { .. }
                 | Message::RoomAllocate { .. }
                 | Message::RoomAllocated { .. }
-                | Message::Bye => 0x10..=0x2F,
+                | Message::Bye => 0x10..=0x1F,
+                Message::Publish { .. }
+                | Message::Unpublish { .. }
+                | Message::CatalogRequest { .. }
+                | Message::Catalog { .. }
+                | Message::HoldersRequest { .. }
+                | Message::Holders { .. }
+                | Message::HoldingsList { .. } => 0x20..=0x2F,
                 Message::Whoami { .. }
                 | Message::WhoamiReply { .. }
                 | Message::PunchRequest { .. }
@@ -2379,7 +2760,7 @@ mod tests {
                 assert_eq!(e.code(), c);
             }
         }
-        assert_eq!((0..=u16::MAX).filter_map(ErrorCode::from_code).count(), 7);
+        assert_eq!((0..=u16::MAX).filter_map(ErrorCode::from_code).count(), 9);
     }
 
     /// The worked example in docs/protocol.md.
@@ -2627,6 +3008,69 @@ mod tests {
                 key: String::new(),
                 value: Some(vec![0; MAX_FRAME]),
             },
+            Message::Publish {
+                file: file(&long(MAX_FILE_NAME), 1),
+                have: 0,
+            },
+            Message::Unpublish {
+                name: long(MAX_FILE_NAME),
+            },
+            Message::CatalogRequest {
+                prefix: long(MAX_FILE_NAME),
+            },
+            Message::Catalog {
+                entries: vec![
+                    CatalogEntry {
+                        file: file("a", 1),
+                        holders: 1,
+                        complete: 1,
+                    };
+                    MAX_CATALOG + 1
+                ],
+            },
+            Message::Catalog {
+                entries: vec![CatalogEntry {
+                    file: file(&long(MAX_FILE_NAME), 1),
+                    holders: 1,
+                    complete: 1,
+                }],
+            },
+            Message::HoldersRequest {
+                name: long(MAX_FILE_NAME),
+                max: 1,
+            },
+            Message::Holders {
+                name: long(MAX_FILE_NAME),
+                holders: vec![],
+            },
+            Message::Holders {
+                name: "a".into(),
+                holders: vec![
+                    Holder {
+                        node: node(1),
+                        have: 1,
+                        tracker: addr,
+                    };
+                    MAX_NODES + 1
+                ],
+            },
+            Message::HoldingsList {
+                holdings: vec![
+                    Holding {
+                        file: file("a", 1),
+                        node: node(1),
+                        have: 1,
+                    };
+                    MAX_HOLDINGS + 1
+                ],
+            },
+            Message::HoldingsList {
+                holdings: vec![Holding {
+                    file: file(&long(MAX_FILE_NAME), 1),
+                    node: node(1),
+                    have: 1,
+                }],
+            },
         ];
         for m in cases {
             let mut out = vec![0xAA];
@@ -2689,6 +3133,132 @@ mod tests {
         assert_eq!(frame.len(), 549_642);
         assert!(frame.len() <= MAX_FRAME);
         assert_eq!(Message::decode_frame(&frame), Ok(m));
+    }
+
+    /// The catalog messages at their bounds, with the sizes
+    /// docs/protocol.md quotes (frames, header included): all well below
+    /// the largest ChatList.
+    #[test]
+    fn largest_catalog_messages_fit() {
+        let entry = CatalogEntry {
+            file: max_file(),
+            holders: u32::MAX,
+            complete: u32::MAX,
+        };
+        let holder = Holder {
+            node: wide_node(1),
+            have: u32::MAX,
+            tracker: v6("2001:db8::1", 1),
+        };
+        let holding = Holding {
+            file: max_file(),
+            node: wide_node(1),
+            have: u32::MAX,
+        };
+        let cases = [
+            (
+                Message::Publish {
+                    file: max_file(),
+                    have: 1,
+                },
+                8 + 309 + 4,
+            ),
+            (
+                Message::Catalog {
+                    entries: vec![entry; MAX_CATALOG],
+                },
+                8 + 2 + 317 * MAX_CATALOG,
+            ),
+            (
+                Message::Holders {
+                    name: max_file_name(),
+                    holders: vec![holder; MAX_NODES],
+                },
+                8 + 257 + 2 + 79 * MAX_NODES,
+            ),
+            (
+                Message::HoldingsList {
+                    holdings: vec![holding; MAX_HOLDINGS],
+                },
+                8 + 2 + 369 * MAX_HOLDINGS,
+            ),
+        ];
+        for (m, size) in cases {
+            let frame = m.to_frame().unwrap();
+            assert_eq!(frame.len(), size, "{}", m.name());
+            assert!(frame.len() < 549_642);
+            assert_eq!(Message::decode_frame(&frame), Ok(m));
+        }
+    }
+
+    #[test]
+    fn bad_file_names_are_rejected() {
+        use DecodeError as E;
+        let d = |code, payload: &[u8]| Message::decode_frame(&frame(code, payload));
+        // One byte over the bound, before the name's bytes are read.
+        let mut p = (MAX_FILE_NAME as u16 + 1).to_be_bytes().to_vec();
+        p.extend_from_slice(&[b'a'; MAX_FILE_NAME + 1]);
+        assert_eq!(
+            d(T_UNPUBLISH, &p),
+            Err(E::StringTooLong {
+                message: "Unpublish",
+                field: "file name",
+                len: MAX_FILE_NAME + 1,
+                max: MAX_FILE_NAME
+            })
+        );
+        // Not UTF-8, in a Publish with every other field right.
+        let mut f = Message::Publish {
+            file: file("ab", 4),
+            have: 1,
+        }
+        .to_frame()
+        .unwrap();
+        f[HEADER_LEN + 2] = 0xC3;
+        f[HEADER_LEN + 3] = 0x28;
+        assert_eq!(
+            Message::decode_frame(&f),
+            Err(E::BadUtf8 {
+                message: "Publish",
+                field: "file name"
+            })
+        );
+        assert_eq!(
+            d(T_CATALOG_REQUEST, &[0, 1, 0xFF]).unwrap_err().to_string(),
+            "prefix is not valid UTF-8 in CatalogRequest"
+        );
+        // An index cut short.
+        let f = Message::Publish {
+            file: file("ab", 4),
+            have: 1,
+        }
+        .to_frame()
+        .unwrap();
+        let payload = &f[HEADER_LEN..f.len() - 4 - 1];
+        assert_eq!(
+            d(T_PUBLISH, payload),
+            Err(E::Truncated {
+                message: "Publish",
+                field: "index"
+            })
+        );
+        // Lists over their bound.
+        assert!(matches!(
+            d(T_CATALOG, &[0x01, 0x01]),
+            Err(E::ListTooLong {
+                count: 257,
+                max: MAX_CATALOG,
+                ..
+            })
+        ));
+        assert!(matches!(
+            d(T_HOLDINGS_LIST, &[0x04, 0x01]),
+            Err(E::ListTooLong {
+                count: 1025,
+                max: MAX_HOLDINGS,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -3093,6 +3663,70 @@ mod tests {
         ]
     }
 
+    fn file_info() -> impl Strategy<Value = FileInfo> {
+        (
+            text(MAX_FILE_NAME),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<[u8; INDEX_LEN]>(),
+        )
+            .prop_map(|(name, size, duration_ms, pieces, index)| FileInfo {
+                name,
+                size,
+                duration_ms,
+                pieces,
+                index,
+            })
+    }
+
+    fn catalog_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (file_info(), any::<u32>()).prop_map(|(file, have)| Message::Publish { file, have }),
+            (text(MAX_FILE_NAME), any::<bool>()).prop_map(|(name, un)| if un {
+                Message::Unpublish { name }
+            } else {
+                Message::CatalogRequest { prefix: name }
+            }),
+            proptest::collection::vec(
+                (file_info(), any::<u32>(), any::<u32>()).prop_map(|(file, holders, complete)| {
+                    CatalogEntry {
+                        file,
+                        holders,
+                        complete,
+                    }
+                }),
+                0..8
+            )
+            .prop_map(|entries| Message::Catalog { entries }),
+            (text(MAX_FILE_NAME), any::<u16>())
+                .prop_map(|(name, max)| Message::HoldersRequest { name, max }),
+            (
+                text(MAX_FILE_NAME),
+                proptest::collection::vec(
+                    (node_info(), any::<u32>(), addr()).prop_map(|(node, have, tracker)| {
+                        Holder {
+                            node,
+                            have,
+                            tracker,
+                        }
+                    }),
+                    0..12
+                )
+            )
+                .prop_map(|(name, holders)| Message::Holders { name, holders }),
+            proptest::collection::vec(
+                (file_info(), node_info(), any::<u32>()).prop_map(|(file, node, have)| Holding {
+                    file,
+                    node,
+                    have
+                }),
+                0..8
+            )
+            .prop_map(|holdings| Message::HoldingsList { holdings }),
+        ]
+    }
+
     fn nat_message() -> impl Strategy<Value = Message> {
         prop_oneof![
             (any::<u64>(), 0u8..3).prop_map(|(nonce, c)| Message::Whoami {
@@ -3152,6 +3786,7 @@ mod tests {
         prop_oneof![
             11 => peer_message(),
             11 => tracker_message(),
+            7 => catalog_message(),
             8 => nat_message(),
             6 => chat_or_error_message(),
         ]
