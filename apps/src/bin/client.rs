@@ -1239,6 +1239,14 @@ fn discover(app: &Rc<App>) {
     while !app.stop.get() {
         let have = app.suppliers.borrow().len().saturating_sub(1);
         let limit = peer_limit(app);
+        {
+            // Bounded: forget old attempts (they may be tried again).
+            let mut tried = app.tried.borrow_mut();
+            if tried.len() > MAX_BANNED {
+                let keep: HashSet<NodeId> = app.suppliers.borrow().keys().copied().collect();
+                tried.retain(|n| keep.contains(n));
+            }
+        }
         if have < limit {
             match app.tracker.nodes(app.room, Strategy::Random, 32) {
                 Ok(nodes) => {
