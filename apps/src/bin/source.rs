@@ -63,7 +63,8 @@ struct Args {
     /// --format v4l2), or rtmp://0.0.0.0:1935/live/stream for OBS.
     #[arg(long, value_name = "URL")]
     url: Option<String>,
-    /// FFmpeg's input format for --url (v4l2, flv, ...).
+    /// FFmpeg's input device format for --url (v4l2, alsa, pulse, lavfi);
+    /// network URLs are recognised without it.
     #[arg(long, value_name = "FMT", requires = "url")]
     format: Option<String>,
     /// Test pattern size.

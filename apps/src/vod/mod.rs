@@ -14,13 +14,17 @@
 //! - [`index`]: [`FileIndex`] (the pieces' hashes, size, duration, time
 //!   map; its byte format) and [`SignedIndex`]. Sans-IO but for
 //!   `FileIndex::build`, which hashes a file.
+//! - [`net`]: the transfer over RUDP: [`net::Seeder`] serves indexes and
+//!   pieces (with an upload cap), [`net::fetch`] downloads one file from
+//!   many holders at once in playback order.
 //! - [`pieces`]: [`PieceFile`], the disk-backed piece store of one file
 //!   (seeder and downloader; resume from the `.part` file).
 //! - [`timemap`]: duration and key frame positions from FFmpeg.
 //!
-//! The byte formats and the resume rules are in `docs/vod.md`.
+//! The byte formats, the resume rules and the transfer are in `docs/vod.md`.
 
 pub mod index;
+pub mod net;
 pub mod pieces;
 pub mod timemap;
 
