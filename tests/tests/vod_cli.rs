@@ -1,0 +1,224 @@
+//! The `vod` program on loopback, as processes: a tracker, two `vod share`
+//! of one media file (same key file), a `vod list`, and a `vod fetch
+//! --stdout` whose file and stdout are both byte-identical to the
+//! original; clear errors for an unknown name, a missing file and an
+//! unreachable tracker.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use libnet_tests::apps::{build_apps, Proc};
+use libnet_tests::netlab::output_within;
+
+/// Ports from here: tracker TCP, UDP, UDP alt; base + 9 has no tracker.
+const BASE: u16 = 17_400;
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("p2p-live-vod-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// ~12 s of the test pattern as MPEG-TS at ~4 Mbit/s (~6 MB), made by the
+/// ffmpeg program; `false` (after saying so) when there is none, outside CI.
+fn media(path: &Path) -> bool {
+    let made = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=640x360:rate=25"])
+        .args(["-t", "12", "-c:v", "mpeg2video", "-b:v", "4M"])
+        .args(["-maxrate", "4M", "-minrate", "4M", "-bufsize", "2M"])
+        .args(["-g", "25", "-f", "mpegts"])
+        .arg(path)
+        .status();
+    match made {
+        Ok(s) if s.success() => true,
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "ffmpeg cannot make the test media: {other:?}"
+            );
+            eprintln!("SKIPPED: the ffmpeg program cannot make the test media ({other:?})");
+            false
+        }
+    }
+}
+
+/// Runs `vod ARGS` to its end (within 60 s).
+fn vod(bins: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(bins.join("vod"));
+    cmd.args(args);
+    output_within(&mut cmd, None, Duration::from_secs(60)).expect("vod runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn share_list_fetch_and_errors() {
+    let d = dir();
+    let movie = d.join("movie.ts");
+    if !media(&movie) {
+        return;
+    }
+    let original = std::fs::read(&movie).expect("media");
+    assert!(original.len() > 4_000_000, "{} bytes", original.len());
+    let bins = build_apps(&["tracker", "vod"]);
+    let tracker = Proc::start(
+        "tracker",
+        Command::new(bins.join("tracker"))
+            .args(["--tcp", &addr(BASE)])
+            .args(["--udp", &addr(BASE + 1)])
+            .args(["--udp-alt", &addr(BASE + 2)])
+            .args(["--metrics", "off"]),
+    );
+    tracker.wait_line("tracker ", Duration::from_secs(10));
+    let (t, tu) = (addr(BASE), addr(BASE + 1));
+    let net = ["--tracker", t.as_str(), "--tracker-udp", tu.as_str()];
+    let key = d.join("publisher.key");
+    let key = key.to_str().expect("utf-8 path");
+    let movie_s = movie.to_str().expect("utf-8 path");
+
+    // Two holders of the same file, signed with the same key (the first
+    // creates it).
+    let mut shares = Vec::new();
+    for n in 0..2 {
+        let p = Proc::start(
+            &format!("share{n}"),
+            Command::new(bins.join("vod"))
+                .args(["share", movie_s, "--key-file", key])
+                .args(net),
+        );
+        let line = p.wait_line("shared movie.ts", Duration::from_secs(30));
+        assert!(
+            line.contains(&format!("({} bytes", original.len())),
+            "{line}"
+        );
+        assert!(line.contains("publisher "), "{line}");
+        shares.push(p);
+    }
+
+    let list = vod(&bins, &["list", "--tracker", &t]);
+    let listed = text(&list.stdout);
+    assert!(list.status.success(), "vod list: {}", text(&list.stderr));
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("movie.ts "))
+        .unwrap_or_else(|| panic!("vod list shows no movie.ts:\n{listed}"));
+    let words: Vec<&str> = row.split_whitespace().collect();
+    let holders: u32 = words
+        .windows(2)
+        .find(|w| w[1] == "holders")
+        .and_then(|w| w[0].parse().ok())
+        .unwrap_or_else(|| panic!("no holder count in {row:?}"));
+    assert!(holders >= 2, "{row}");
+
+    // The download, with the bytes streamed to stdout (a pipe) meanwhile.
+    let got = d.join("got.ts");
+    let fetched = vod(
+        &bins,
+        &[
+            &["fetch", "movie.ts", "--out", got.to_str().expect("utf-8")][..],
+            &net,
+            &["--stdout"],
+        ]
+        .concat(),
+    );
+    let log = text(&fetched.stderr);
+    eprintln!("vod fetch:\n{log}");
+    assert!(fetched.status.success(), "vod fetch failed:\n{log}");
+    assert!(log.contains("fetched movie.ts"), "{log}");
+    assert!(
+        std::fs::read(&got).expect("the fetched file") == original,
+        "the fetched file differs"
+    );
+    assert_eq!(fetched.stdout.len(), original.len(), "stdout length");
+    assert!(fetched.stdout == original, "the stdout copy differs");
+
+    // A downloader that seeds: once the sharers are gone it is the only
+    // holder, and a resumed download (half of the file already in
+    // `.part`) completes from it.
+    let seeded = d.join("seeded.ts");
+    let mut seeder = Proc::start(
+        "seeder",
+        Command::new(bins.join("vod"))
+            .args(["fetch", "movie.ts", "--seed", "--out"])
+            .arg(&seeded)
+            .args(net),
+    );
+    seeder.wait_line("seeding movie.ts", Duration::from_secs(30));
+    let list = text(&vod(&bins, &["list", "--tracker", &t]).stdout);
+    assert!(list.contains("3 holders (3 complete)"), "{list}");
+    for mut s in shares {
+        let st = s.interrupt(Duration::from_secs(10));
+        assert!(st.is_some_and(|st| st.success()), "{}", s.stderr());
+        assert!(s.stderr().contains("stopping on SIGINT"), "{}", s.stderr());
+    }
+    let list = text(&vod(&bins, &["list", "--tracker", &t]).stdout);
+    assert!(list.contains("1 holders (1 complete)"), "{list}");
+    let resumed = d.join("resumed.ts");
+    std::fs::write(d.join("resumed.ts.part"), &original[..original.len() / 2]).expect("part");
+    let again = vod(
+        &bins,
+        &[
+            &[
+                "fetch",
+                "movie.ts",
+                "--out",
+                resumed.to_str().expect("utf-8"),
+            ][..],
+            &net,
+        ]
+        .concat(),
+    );
+    let log = text(&again.stderr);
+    assert!(again.status.success(), "resumed fetch failed:\n{log}");
+    assert!(!log.contains(" 0 resumed pieces"), "{log}");
+    assert!(
+        std::fs::read(&resumed).expect("the resumed file") == original,
+        "the resumed file differs"
+    );
+    assert!(std::fs::read(&seeded).expect("the seeded file") == original);
+    let st = seeder.interrupt(Duration::from_secs(10));
+    assert!(st.is_some_and(|st| st.success()), "{}", seeder.stderr());
+
+    // Clear errors.
+    let unknown = vod(
+        &bins,
+        &[
+            &["fetch", "no-such-film.ts", "--out", "unused.ts"][..],
+            &net,
+        ]
+        .concat(),
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    let e = text(&unknown.stderr);
+    assert!(
+        e.contains("vod: error: no file named \"no-such-film.ts\""),
+        "{e}"
+    );
+
+    let missing = vod(&bins, &[&["share", "/nonexistent/x.ts"][..], &net].concat());
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing.stderr).contains("file not found"),
+        "{}",
+        text(&missing.stderr)
+    );
+
+    let away = vod(&bins, &["list", "--tracker", &addr(BASE + 9)]);
+    assert_eq!(away.status.code(), Some(1));
+    assert!(
+        text(&away.stderr).contains("cannot reach the tracker"),
+        "{}",
+        text(&away.stderr)
+    );
+
+    let _ = std::fs::remove_dir_all(&d);
+}
