@@ -518,3 +518,52 @@ fn has(failed: &std::cell::Cell<Option<String>>) -> bool {
     failed.set(v);
     some
 }
+
+/// A tracker on loopback for tests: TCP on `tcp` (port 0: any), two UDP
+/// ports of its own, gossip and relinking every 50 ms, edge key `key`.
+pub fn loopback_tracker(
+    tcp: SocketAddr,
+    links: Vec<SocketAddr>,
+    key: &[u8],
+) -> libnet::p2p::tracker::Tracker {
+    use libnet::p2p::{registry, tracker};
+    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    tracker::Tracker::start(tracker::Config {
+        tcp,
+        udp: any,
+        udp_alt: Some(any),
+        links,
+        gossip: Duration::from_millis(50),
+        relink: Duration::from_millis(50),
+        registry: registry::Config {
+            edge_key: key.to_vec(),
+            ..registry::Config::default()
+        },
+        ..tracker::Config::default()
+    })
+    .expect("tracker starts")
+}
+
+/// The `Hello` of test node `node`: local address port 20000 + `node`,
+/// workload `node`, NAT unknown, edge key `key` (empty for peers).
+pub fn test_hello(
+    node: u64,
+    role: libnet::p2p::Role,
+    room: u32,
+    key: &[u8],
+) -> libnet::p2p::client::Hello {
+    libnet::p2p::client::Hello {
+        node,
+        role,
+        room,
+        local: (
+            [127, 0, 0, 1],
+            u16::try_from(20000 + node % 40000).unwrap_or(0),
+        )
+            .into(),
+        public: None,
+        workload: u32::try_from(node).unwrap_or(u32::MAX),
+        nat: libnet::p2p::NatType::Unknown,
+        key: key.to_vec(),
+    }
+}

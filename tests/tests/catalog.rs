@@ -8,14 +8,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use libnet::p2p::client::{Hello, TrackerClient};
-use libnet::p2p::registry::{self, LOBBY};
-use libnet::p2p::tracker::{Config, Tracker};
+use libnet::p2p::registry::LOBBY;
+use libnet::p2p::tracker::Tracker;
 use libnet::p2p::wire::{
     self, CatalogEntry, Decoder, ErrorCode, FileInfo, Message, INDEX_LEN, MAX_FILE_NAME,
 };
 use libnet::p2p::{NatType, NodeId, Role};
 use libnet::time::sleep;
-use libnet_tests::{bounded, run_on};
+use libnet_tests::{bounded, loopback_tracker, run_on, test_hello};
 
 const KEY: &[u8] = b"test-edge-key";
 const T: Duration = Duration::from_secs(5);
@@ -33,42 +33,15 @@ fn start(links: Vec<SocketAddr>) -> Tracker {
 }
 
 fn start_on(tcp: SocketAddr, links: Vec<SocketAddr>) -> Tracker {
-    Tracker::start(Config {
-        tcp,
-        udp: any(),
-        udp_alt: None,
-        links,
-        gossip: Duration::from_millis(50),
-        relink: Duration::from_millis(50),
-        registry: registry::Config {
-            edge_key: KEY.to_vec(),
-            ..registry::Config::default()
-        },
-        ..Config::default()
-    })
-    .expect("tracker starts")
+    loopback_tracker(tcp, links, KEY)
 }
 
 /// A node `node` (workload `node`) registered in `room` on `tracker`.
 fn join(tracker: &Tracker, node: NodeId, role: Role, room: u32) -> TrackerClient {
     let c = TrackerClient::connect(tracker.tcp_addr(), T).expect("connect");
-    c.hello(&Hello {
-        node,
-        role,
-        room,
-        local: format!("127.0.0.1:{}", 20000 + node)
-            .parse()
-            .expect("valid"),
-        public: None,
-        workload: node as u32,
-        nat: NatType::Unknown,
-        key: if role == Role::Peer {
-            Vec::new()
-        } else {
-            KEY.to_vec()
-        },
-    })
-    .expect("registers");
+    let key = if role == Role::Peer { &[][..] } else { KEY };
+    c.hello(&test_hello(node, role, room, key))
+        .expect("registers");
     c
 }
 

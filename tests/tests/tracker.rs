@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use libnet::net::UdpSocket;
 use libnet::p2p::client::{whoami, Hello, TrackerClient};
-use libnet::p2p::tracker::{Config, Tracker};
+use libnet::p2p::tracker::Tracker;
 use libnet::p2p::wire::Message;
-use libnet::p2p::{registry, NatType, Role, Strategy};
+use libnet::p2p::{Role, Strategy};
 use libnet::time::sleep;
-use libnet_tests::{bounded, run_on};
+use libnet_tests::{bounded, loopback_tracker, run_on, test_hello};
 
 const KEY: &[u8] = b"test-edge-key";
 const T: Duration = Duration::from_secs(5);
@@ -23,35 +23,11 @@ fn any() -> SocketAddr {
 }
 
 fn start(links: Vec<SocketAddr>) -> Tracker {
-    Tracker::start(Config {
-        tcp: any(),
-        udp: any(),
-        udp_alt: Some(any()),
-        links,
-        gossip: Duration::from_millis(50),
-        relink: Duration::from_millis(50),
-        registry: registry::Config {
-            edge_key: KEY.to_vec(),
-            ..registry::Config::default()
-        },
-        ..Config::default()
-    })
-    .expect("tracker starts")
+    loopback_tracker(any(), links, KEY)
 }
 
 fn hello(node: u64, role: Role, room: u32, key: &[u8]) -> Hello {
-    Hello {
-        node,
-        role,
-        room,
-        local: format!("127.0.0.1:{}", 20000 + node)
-            .parse()
-            .expect("valid"),
-        public: None,
-        workload: node as u32,
-        nat: NatType::Unknown,
-        key: key.to_vec(),
-    }
+    test_hello(node, role, room, key)
 }
 
 /// Polls `cond` every 20 ms for up to 10 s.

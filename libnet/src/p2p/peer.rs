@@ -1136,28 +1136,41 @@ impl PeerClient {
         self.tx.send(frame).map_err(|_| self.sh.closed_error())
     }
 
+    /// Sends `frame` and waits up to `timeout` for the reply the reader files
+    /// under `key` in the waiter table `table` picks (replies of one key
+    /// come in request order); the waiter goes when the call gives up.
+    fn keyed_request<K: std::hash::Hash + Eq + Clone, T>(
+        &self,
+        table: fn(&mut ClientState) -> &mut Waiters<K, T>,
+        key: K,
+        frame: Vec<u8>,
+        timeout: Duration,
+        what: &str,
+    ) -> io::Result<T> {
+        let token = self.sh.reserve_request()?;
+        let (tx, rx) = oneshot::channel();
+        table(&mut self.sh.state.borrow_mut())
+            .entry(key.clone())
+            .or_default()
+            .push_back((token, tx));
+        let r = self
+            .send_frame(frame)
+            .and_then(|()| self.wait(rx, timeout, what));
+        if r.is_err() {
+            self.sh.remove_waiter(table, &key, token);
+        }
+        r
+    }
+
     /// Announces interest in (room, channel) and asks which fragment ids
     /// the peer holds there: `Some((first, last))`, or `None` if it holds
     /// none. Ids in between may still be missing. Waits up to
     /// `request_timeout`.
     pub fn init(&self, room: RoomId, channel: Channel) -> io::Result<Option<(u64, u64)>> {
-        let token = self.sh.reserve_request()?;
-        let (tx, rx) = oneshot::channel();
-        let key = (room, channel);
-        self.sh
-            .state
-            .borrow_mut()
-            .inits
-            .entry(key)
-            .or_default()
-            .push_back((token, tx));
-        let r = self
-            .send(&Message::Init { room, channel })
-            .and_then(|()| self.wait(rx, self.sh.config.request_timeout, "init"));
-        if r.is_err() {
-            self.sh.remove_waiter(|st| &mut st.inits, &key, token);
-        }
-        let (first, last) = r?;
+        let frame = Message::Init { room, channel }.to_frame()?;
+        let timeout = self.sh.config.request_timeout;
+        let (first, last) =
+            self.keyed_request(|st| &mut st.inits, (room, channel), frame, timeout, "init")?;
         Ok((first <= last).then_some((first, last)))
     }
 
@@ -1165,23 +1178,9 @@ impl PeerClient {
     /// set when it holds `first + i` (see [`Message::Map`]); empty `bits`
     /// when it holds none. Waits up to `request_timeout`.
     pub fn map(&self, room: RoomId, channel: Channel) -> io::Result<(u64, Vec<u8>)> {
-        let token = self.sh.reserve_request()?;
-        let (tx, rx) = oneshot::channel();
-        let key = (room, channel);
-        self.sh
-            .state
-            .borrow_mut()
-            .maps
-            .entry(key)
-            .or_default()
-            .push_back((token, tx));
-        let r = self
-            .send(&Message::MapRequest { room, channel })
-            .and_then(|()| self.wait(rx, self.sh.config.request_timeout, "map"));
-        if r.is_err() {
-            self.sh.remove_waiter(|st| &mut st.maps, &key, token);
-        }
-        r
+        let frame = Message::MapRequest { room, channel }.to_frame()?;
+        let timeout = self.sh.config.request_timeout;
+        self.keyed_request(|st| &mut st.maps, (room, channel), frame, timeout, "map")
     }
 
     /// Fetches fragments `ids` of (room, channel) at `priority` (0 is the
@@ -1329,23 +1328,8 @@ impl PeerClient {
             key: key.to_owned(),
         }
         .to_frame()?;
-        let token = self.sh.reserve_request()?;
-        let (tx, rx) = oneshot::channel();
         let wkey = (room, key.to_owned());
-        self.sh
-            .state
-            .borrow_mut()
-            .metas
-            .entry(wkey.clone())
-            .or_default()
-            .push_back((token, tx));
-        let r = self
-            .send_frame(frame)
-            .and_then(|()| self.wait(rx, timeout, "metadata request"));
-        if r.is_err() {
-            self.sh.remove_waiter(|st| &mut st.metas, &wkey, token);
-        }
-        r
+        self.keyed_request(|st| &mut st.metas, wkey, frame, timeout, "metadata request")
     }
 
     /// Measures the round trip to the peer and learns its load; tells it
