@@ -16,7 +16,7 @@
 //! plain threads.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use libnet::p2p::client::{peer_addrs, punch_via, whoami_rudp, Hello, TrackerClient};
 use libnet::p2p::peer::{ClientConfig, FetchResult, PeerLink, PeerServer, ServerConfig};
-use libnet::p2p::store::{FragmentStore, SharedStore, StoreConfig};
+use libnet::p2p::store::{FragmentStore, SharedStore, StoreConfig, StoredFragment};
 use libnet::p2p::wire::{ErrorCode, Message};
 use libnet::p2p::{relay, rudp_config, Channel, NatType, NodeId, NodeInfo, Role, RoomId, Strategy};
 use libnet::rand::random_u64;
@@ -309,8 +309,9 @@ struct App {
     /// Punches running, and where each one's probes go (by token).
     punching: Cell<usize>,
     probes: RefCell<HashMap<u64, ProbeTx>>,
-    /// With --evil-tamper: our clean copies, by (channel, id); bounded.
-    clean: RefCell<BTreeMap<(u8, u64), Vec<u8>>>,
+    /// The store the peer server serves: `store` itself, or with
+    /// --evil-tamper one holding altered copies.
+    served: SharedStore,
 }
 
 /// Where one punch attempt's probes go.
@@ -406,7 +407,14 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
         max_span: u64::try_from(KEEP.as_micros()).unwrap_or(u64::MAX),
         ..StoreConfig::default()
     });
-    let server = PeerServer::new(store.clone(), ServerConfig::default());
+    // What others get from us: our store, or with --evil-tamper (testing)
+    // a second one holding altered copies.
+    let served = if setup.a.evil_tamper {
+        FragmentStore::shared(store.borrow().config().clone())
+    } else {
+        store.clone()
+    };
+    let server = PeerServer::new(served.clone(), ServerConfig::default());
     let (hub_tx, hub_rx) = channel::<Piece>(256);
     let hub = Hub::aligned(4 << 20);
     let remux = start_output(&setup, &info, hub_tx)?;
@@ -459,7 +467,7 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
         banned: RefCell::new(HashSet::new()),
         nat,
         stop: Cell::new(false),
-        clean: RefCell::new(BTreeMap::new()),
+        served,
         punching: Cell::new(0),
         probes: RefCell::new(HashMap::new()),
         setup,
@@ -756,30 +764,23 @@ fn received(
     data: &[u8],
     now: Instant,
 ) {
-    let stored = if app.setup.a.evil_tamper {
+    let stored = app
+        .store
+        .borrow_mut()
+        .insert(app.room, ch, id, timestamp, data);
+    if let Err(e) = stored {
+        log::warn!("client: fragment {id} not kept: {e}");
+    }
+    if app.setup.a.evil_tamper {
         // Testing: what we serve is altered; what we play is not.
         let mut t = data.to_vec();
         if let Some(b) = t.first_mut() {
             *b ^= 0x55;
         }
-        app.store
+        let _ = app
+            .served
             .borrow_mut()
-            .insert(app.room, ch, id, timestamp, &t)
-    } else {
-        app.store
-            .borrow_mut()
-            .insert(app.room, ch, id, timestamp, data)
-    };
-    if let Err(e) = stored {
-        log::warn!("client: fragment {id} not kept: {e}");
-    }
-    if app.setup.a.evil_tamper {
-        // Keep a clean copy for our own playback.
-        let mut clean = app.clean.borrow_mut();
-        clean.insert((ch.code(), id), data.to_vec());
-        while clean.len() > 4096 {
-            clean.pop_first();
-        }
+            .insert(app.room, ch, id, timestamp, &t);
     }
     app.sched
         .borrow_mut()
@@ -820,9 +821,10 @@ fn play(app: &App, now: Instant) {
     let mut lanes = app.lanes.borrow_mut();
     for lane in lanes.iter_mut() {
         loop {
-            let data = app.own_copy(lane.channel, lane.next);
-            match data {
-                Some(data) => {
+            let frag = app.own_copy(lane.channel, lane.next);
+            match frag {
+                Some(frag) => {
+                    let data = frag.data();
                     if let Some(t) = lane.stalled_since.take() {
                         let ms = u64::try_from((now - t).as_millis()).unwrap_or(u64::MAX);
                         app.bump(|c| c.stall_ms += ms);
@@ -887,27 +889,12 @@ fn play(app: &App, now: Instant) {
 }
 
 impl App {
-    /// Our verified copy of a fragment (signed bytes).
-    fn own_copy(&self, ch: Channel, id: u64) -> Option<Vec<u8>> {
-        if self.setup.a.evil_tamper {
-            return self.clean.borrow_mut().remove(&(ch.code(), id));
-        }
-        self.store
-            .borrow()
-            .get(self.room, ch, id)
-            .map(|f| f.data().to_vec())
+    /// Our verified copy of a fragment (signed bytes; a cheap clone).
+    fn own_copy(&self, ch: Channel, id: u64) -> Option<StoredFragment> {
+        self.store.borrow().get(self.room, ch, id)
     }
 
     fn newest_held(&self, ch: Channel) -> Option<u64> {
-        if self.setup.a.evil_tamper {
-            return self
-                .clean
-                .borrow()
-                .keys()
-                .filter(|(c, _)| *c == ch.code())
-                .map(|(_, id)| *id)
-                .max();
-        }
         self.store.borrow().range(self.room, ch).map(|(_, l)| l)
     }
 }
@@ -1418,9 +1405,6 @@ fn status(app: &App) -> Status {
 
 impl App {
     fn own_has(&self, ch: Channel, id: u64) -> bool {
-        if self.setup.a.evil_tamper {
-            return self.clean.borrow().contains_key(&(ch.code(), id));
-        }
         self.store.borrow().contains(self.room, ch, id)
     }
 }

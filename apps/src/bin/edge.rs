@@ -144,7 +144,7 @@ struct Room {
     /// The source's public key (pinned while a source is connected).
     key: RoomPublic,
     /// The room's registration with the tracker (as its edge).
-    tracker: Option<TrackerClient>,
+    tracker: Option<Rc<TrackerClient>>,
     /// Whether a source is pushing it now.
     live: bool,
     /// When the last source left.
@@ -242,10 +242,8 @@ fn run(setup: Setup, sig: &Receiver<i32>) -> Result<(), String> {
         counts: Cell::new(Counts::default()),
         lobby,
     });
-    let mut hello = edge.hello(LOBBY);
-    hello.node = random_u64();
     edge.lobby
-        .hello(&hello)
+        .hello(&edge.hello(LOBBY))
         .map_err(|e| format!("the tracker refused the edge: {e} (check --edge-key)"))?;
     let http = match metrics_at {
         Some(at) => {
@@ -283,10 +281,9 @@ fn run(setup: Setup, sig: &Receiver<i32>) -> Result<(), String> {
         edge.server.stats().fragments_sent,
         edge.relay.pairs_completed()
     ));
-    for (_, room) in edge.rooms.borrow_mut().drain() {
-        if let Some(t) = room.tracker {
-            let _ = t.bye();
-        }
+    let rooms: Vec<Room> = edge.rooms.borrow_mut().drain().map(|(_, r)| r).collect();
+    for t in rooms.into_iter().filter_map(|r| r.tracker) {
+        let _ = t.bye();
     }
     let _ = edge.lobby.bye();
     Ok(())
@@ -540,7 +537,7 @@ fn register(edge: &Rc<Edge>, room: RoomId) {
         return;
     }
     if let Some(r) = edge.rooms.borrow_mut().get_mut(&room) {
-        r.tracker = Some(t);
+        r.tracker = Some(Rc::new(t));
     }
 }
 
@@ -562,21 +559,25 @@ fn housekeeping(edge: &Rc<Edge>) {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            if let Some(r) = edge.rooms.borrow_mut().remove(&id) {
-                if let Some(t) = r.tracker {
-                    let _ = t.bye();
-                }
+            // Out of the map first: `bye` may park, and no borrow may be
+            // held across a park.
+            let gone = edge.rooms.borrow_mut().remove(&id);
+            if let Some(t) = gone.and_then(|r| r.tracker) {
+                let _ = t.bye();
             }
             edge.store.borrow_mut().remove_room(id);
             say(format!("edge: room {id} ended"));
         }
-        let rooms: Vec<RoomId> = edge.rooms.borrow().keys().copied().collect();
-        for id in rooms {
-            let r = edge.rooms.borrow();
-            if let Some(t) = r.get(&id).and_then(|r| r.tracker.as_ref()) {
-                if let Err(e) = t.update(load, NatType::Open) {
-                    log::warn!("edge: room {id}: tracker heartbeat failed: {e}");
-                }
+        // Clones of the registrations: `update` may park.
+        let regs: Vec<(RoomId, Rc<TrackerClient>)> = edge
+            .rooms
+            .borrow()
+            .iter()
+            .filter_map(|(id, r)| Some((*id, r.tracker.clone()?)))
+            .collect();
+        for (id, t) in regs {
+            if let Err(e) = t.update(load, NatType::Open) {
+                log::warn!("edge: room {id}: tracker heartbeat failed: {e}");
             }
         }
     }
