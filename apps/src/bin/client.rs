@@ -26,7 +26,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use libnet::p2p::client::{peer_addrs, punch_via, whoami_rudp, Hello, TrackerClient};
+use libnet::p2p::client::{peer_addrs, whoami_rudp, Hello, ProbeRouter, TrackerClient};
 use libnet::p2p::peer::{ClientConfig, FetchResult, PeerLink, PeerServer, ServerConfig};
 use libnet::p2p::store::{FragmentStore, SharedStore, StoreConfig, StoredFragment};
 use libnet::p2p::wire::{ErrorCode, Message};
@@ -306,16 +306,14 @@ struct App {
     banned: RefCell<HashSet<NodeId>>,
     nat: NatType,
     stop: Cell<bool>,
-    /// Punches running, and where each one's probes go (by token).
+    /// Punches running.
     punching: Cell<usize>,
-    probes: RefCell<HashMap<u64, ProbeTx>>,
+    /// Hands each punch its own probes, so several run at once.
+    probes: ProbeRouter,
     /// The store the peer server serves: `store` itself, or with
     /// --evil-tamper one holding altered copies.
     served: SharedStore,
 }
-
-/// Where one punch attempt's probes go.
-type ProbeTx = Sender<(SocketAddr, Vec<u8>)>;
 
 enum Job {
     Connect(NodeInfo),
@@ -418,6 +416,7 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
     let (hub_tx, hub_rx) = channel::<Piece>(256);
     let hub = Hub::aligned(4 << 20);
     let remux = start_output(&setup, &info, hub_tx)?;
+    let sock = Rc::new(sock);
     let (kick, kicked) = channel::<()>(1);
     let (jobs, job_rx) = channel::<Job>(MAX_JOBS);
     let now = Instant::now();
@@ -443,7 +442,7 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
         room,
         started,
         joined_us: now_us(),
-        sock: Rc::new(sock),
+        sock: sock.clone(),
         tracker,
         edge_addr: edge.public,
         key,
@@ -469,7 +468,7 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
         stop: Cell::new(false),
         served,
         punching: Cell::new(0),
-        probes: RefCell::new(HashMap::new()),
+        probes: ProbeRouter::new(sock.clone()),
         setup,
     });
     join_at_live(&app, &edge_link)?;
@@ -519,7 +518,7 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
     spawn(&app, |a| poll_map(a, EDGE));
     spawn(&app, dispatch);
     spawn(&app, move |a| work(a, &job_rx));
-    spawn(&app, route_raw);
+    spawn(&app, |a| a.probes.route());
     spawn(&app, discover);
     spawn(&app, heartbeat);
     spawn(&app, report);
@@ -1049,7 +1048,7 @@ fn dispatch(app: &Rc<App>) {
 }
 
 /// Connects to peers and answers their punches, up to [`MAX_PUNCHES`] at
-/// once (each punch gets its own probes from [`route_raw`]). Answers must
+/// once (each punch gets its own probes from the [`ProbeRouter`]). Answers must
 /// not wait behind our own attempts: the peer's attempt times out while it
 /// waits for our answer.
 fn work(app: &Rc<App>, jobs: &Receiver<Job>) {
@@ -1071,46 +1070,11 @@ fn work(app: &Rc<App>, jobs: &Receiver<Job>) {
     }
 }
 
-/// Hands each punch probe arriving on the socket to the attempt it names
-/// (by token); drops other raw datagrams.
-fn route_raw(app: &Rc<App>) {
-    while !app.stop.get() {
-        let (from, data) = match app.sock.recv_raw(None) {
-            Ok(d) => d,
-            Err(e) => {
-                log::debug!("client: raw datagrams ended: {e}");
-                return;
-            }
-        };
-        if let Ok(Message::PunchProbe { token, .. }) = Message::decode_frame(&data) {
-            if let Some(tx) = app.probes.borrow().get(&token) {
-                // Full: the attempt is behind; probes repeat anyway.
-                let _ = tx.try_send((from, data));
-            }
-        }
-    }
-}
-
-/// Punches for attempt `token`, with the probes [`route_raw`] routes to it.
+/// Punches for attempt `token`, with the probes the router routes to it.
 fn punch_attempt(app: &App, peer: &NodeInfo, token: u64) -> io::Result<SocketAddr> {
-    let (tx, rx) = channel::<(SocketAddr, Vec<u8>)>(64);
-    app.probes.borrow_mut().insert(token, tx);
     let opts = libnet::p2p::connect::Options::default();
-    let r = punch_via(
-        |to, frame| app.sock.send_foreign(to, frame),
-        |wait| {
-            rx.recv_timeout(wait).map_err(|e| match e {
-                RecvTimeoutError::Timeout => io::Error::from(io::ErrorKind::TimedOut),
-                RecvTimeoutError::Disconnected => io::Error::from(io::ErrorKind::BrokenPipe),
-            })
-        },
-        app.me,
-        peer_addrs(peer),
-        token,
-        opts.punch,
-    );
-    app.probes.borrow_mut().remove(&token);
-    r
+    app.probes
+        .punch(app.me, peer_addrs(peer), token, opts.punch)
 }
 
 fn connect(app: &Rc<App>, peer: &NodeInfo) {

@@ -694,6 +694,87 @@ pub fn punch_via(
     }
 }
 
+/// Runs several punches on one RUDP socket at once: [`ProbeRouter::route`]
+/// (a coroutine of its own) takes every raw datagram of the socket and
+/// hands each `PunchProbe` to the attempt its token names;
+/// [`ProbeRouter::punch`] is [`punch`] with those probes. Other raw
+/// datagrams are dropped while the router runs, so run address discovery
+/// (`whoami_rudp`) before starting it.
+pub struct ProbeRouter {
+    sock: Rc<crate::rudp::RudpSocket>,
+    attempts: RefCell<std::collections::HashMap<u64, ProbeSender>>,
+}
+
+/// Where one attempt's probes go.
+type ProbeSender = crate::sync::Sender<(SocketAddr, Vec<u8>)>;
+
+/// Probes queued per attempt; more are dropped (probes repeat).
+const PROBES_QUEUED: usize = 64;
+
+impl ProbeRouter {
+    /// A router for `sock` (made with [`super::rudp_config`]).
+    pub fn new(sock: Rc<crate::rudp::RudpSocket>) -> ProbeRouter {
+        ProbeRouter {
+            sock,
+            attempts: RefCell::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Routes probes until the socket stops giving raw datagrams.
+    pub fn route(&self) {
+        loop {
+            let (from, data) = match self.sock.recv_raw(None) {
+                Ok(d) => d,
+                Err(e) => {
+                    log::debug!("punch: raw datagrams ended: {e}");
+                    return;
+                }
+            };
+            if let Ok(Message::PunchProbe { token, .. }) = Message::decode_frame(&data) {
+                if let Some(tx) = self.attempts.borrow().get(&token) {
+                    let _ = tx.try_send((from, data));
+                }
+            }
+        }
+    }
+
+    /// [`punch`] for attempt `token`, fed by [`ProbeRouter::route`].
+    pub fn punch(
+        &self,
+        me: NodeId,
+        peer: crate::nat::punch::PeerAddrs,
+        token: u64,
+        config: crate::nat::punch::Config,
+    ) -> io::Result<SocketAddr> {
+        let (tx, rx) = crate::sync::channel(PROBES_QUEUED);
+        self.attempts.borrow_mut().insert(token, tx);
+        // Unregistered however this ends (also when unwound).
+        let _gone = Unregister(self, token);
+        punch_via(
+            |to, frame| self.sock.send_foreign(to, frame),
+            |wait| {
+                rx.recv_timeout(wait).map_err(|e| match e {
+                    crate::sync::RecvTimeoutError::Timeout => io::ErrorKind::TimedOut.into(),
+                    crate::sync::RecvTimeoutError::Disconnected => io::ErrorKind::BrokenPipe.into(),
+                })
+            },
+            me,
+            peer,
+            token,
+            config,
+        )
+    }
+}
+
+/// Removes an attempt from its router when dropped.
+struct Unregister<'a>(&'a ProbeRouter, u64);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.attempts.borrow_mut().remove(&self.1);
+    }
+}
+
 /// The peer's addresses as a [`NodeInfo`] from the tracker gives them.
 pub fn peer_addrs(n: &NodeInfo) -> crate::nat::punch::PeerAddrs {
     crate::nat::punch::PeerAddrs {
