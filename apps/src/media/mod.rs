@@ -23,7 +23,7 @@ use std::fmt;
 
 #[cfg(test)]
 mod e2e;
-mod ff;
+pub(crate) mod ff;
 pub mod frag;
 pub mod ingest;
 mod nal;

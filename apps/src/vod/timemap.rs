@@ -16,6 +16,7 @@ use ff::media::Type;
 use ffmpeg_next as ff;
 
 use super::index::{FileIndex, MAX_TIME_MAP};
+use crate::media::ff::{first_stream, path_arg};
 use crate::media::{rescale, MediaError};
 
 /// Least spacing of the map's points to begin with (milliseconds).
@@ -43,12 +44,7 @@ pub struct Probe {
 pub fn probe(path: &Path) -> Result<Probe, MediaError> {
     let shown = path.display().to_string();
     // The binding panics on a path that is not UTF-8 or holds a NUL.
-    let Some(arg) = path.to_str().filter(|s| !s.contains('\0')) else {
-        return Err(MediaError::Open {
-            input: shown,
-            reason: "the path is not UTF-8 or contains a NUL byte".into(),
-        });
-    };
+    let arg = path_arg(path)?;
     let mut input = ff::format::input(&arg).map_err(|e| MediaError::Open {
         input: shown.clone(),
         reason: e.to_string(),
@@ -141,19 +137,6 @@ fn add_point(map: &mut Vec<(u64, u64)>, gap: &mut u64, p: (u64, u64)) {
         });
         *gap = gap.saturating_mul(2);
     }
-}
-
-/// The first stream of `medium` that is content (not cover art).
-fn first_stream(input: &ff::format::context::Input, medium: Type) -> Option<usize> {
-    input
-        .streams()
-        .find(|s| {
-            s.parameters().medium() == medium
-                && !s
-                    .disposition()
-                    .contains(ff::format::stream::Disposition::ATTACHED_PIC)
-        })
-        .map(|s| s.index())
 }
 
 #[cfg(test)]
