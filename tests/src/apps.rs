@@ -172,6 +172,15 @@ impl Proc {
         self.wait(limit)
     }
 
+    /// Sends SIGINT and expects a clean exit (status 0) within 10 s; the
+    /// error says how it ended and what it printed on stderr.
+    pub fn stop(&mut self) -> Result<(), String> {
+        match self.interrupt(Duration::from_secs(10)) {
+            Some(s) if s.success() => Ok(()),
+            s => Err(format!("{} on SIGINT: {s:?}\n{}", self.name, self.stderr())),
+        }
+    }
+
     /// Kills it at once (a peer that vanishes).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

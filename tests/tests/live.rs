@@ -217,13 +217,7 @@ fn viewers_share_the_stream_drop_a_liar_and_survive_churn() {
         assert!(tmetrics.contains("p2plive_tracker_nodes"), "{tmetrics}");
 
         for p in [&mut source, &mut sys.edge, &mut sys.tracker] {
-            let s = p.interrupt(Duration::from_secs(10));
-            assert!(
-                s.is_some_and(|s| s.success()),
-                "{} on SIGINT: {s:?}\n{}",
-                p.name,
-                p.stderr()
-            );
+            p.stop().unwrap_or_else(|e| panic!("{e}"));
         }
     });
 }
@@ -335,13 +329,7 @@ fn bad_input_gets_clear_errors_and_garbage_is_shrugged_off() {
         check_recording("viewer", &out, 6.0);
         assert!(sys.edge.running() && sys.tracker.running());
         for p in [&mut source, &mut sys.edge, &mut sys.tracker] {
-            let s = p.interrupt(Duration::from_secs(10));
-            assert!(
-                s.is_some_and(|s| s.success()),
-                "{} on SIGINT: {s:?}\n{}",
-                p.name,
-                p.stderr()
-            );
+            p.stop().unwrap_or_else(|e| panic!("{e}"));
         }
     });
 }
@@ -432,13 +420,7 @@ fn an_independent_player_decodes_the_http_and_stdout_outputs() {
         );
 
         for p in [&mut viewer, &mut source, &mut sys.edge, &mut sys.tracker] {
-            let s = p.interrupt(Duration::from_secs(10));
-            assert!(
-                s.is_some_and(|s| s.success()),
-                "{} on SIGINT: {s:?}\n{}",
-                p.name,
-                p.stderr()
-            );
+            p.stop().unwrap_or_else(|e| panic!("{e}"));
         }
     });
 }

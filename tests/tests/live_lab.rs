@@ -142,9 +142,8 @@ fn eight_viewers_behind_every_kind_of_nat_play_and_share() {
         let share = if total > 0.0 { peers / total } else { 0.0 };
         eprintln!("from peers: {:.1}% of {total} bytes", share * 100.0);
         for p in [&mut source, &mut edge, &mut tracker] {
-            let s = p.interrupt(Duration::from_secs(10));
-            if !s.is_some_and(|s| s.success()) {
-                failures.push(format!("{} on SIGINT: {s:?}\n{}", p.name, p.stderr()));
+            if let Err(e) = p.stop() {
+                failures.push(e);
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
