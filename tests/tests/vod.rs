@@ -20,7 +20,9 @@ use libnet::rudp::RudpSocket;
 use libnet::time::sleep;
 use libnet_tests::{bounded, run_on};
 use p2p_apps::signed::RoomKey;
-use p2p_apps::vod::net::{fetch, FetchConfig, FetchStats, Seeder, SeederConfig};
+use p2p_apps::vod::net::{
+    fetch, fetch_from, Candidate, FetchConfig, FetchStats, Seeder, SeederConfig,
+};
 use p2p_apps::vod::{FileIndex, PieceFile, SignedIndex};
 
 const PIECE: usize = 60_000;
@@ -136,7 +138,7 @@ fn addrs(hs: &[&Holder]) -> Vec<SocketAddr> {
 fn get(o: &Original, holders: &[SocketAddr], out: &Path, mut config: FetchConfig) -> FetchStats {
     let socket = socket();
     config.publisher = Some(o.key.public().to_bytes());
-    let (signed, stats) = fetch(&socket, holders, o.signed.id(), out, config).expect("fetch");
+    let (signed, stats) = fetch_from(&socket, holders, o.signed.id(), out, config).expect("fetch");
     assert_eq!(signed.id(), o.signed.id());
     assert_same(o, out);
     stats
@@ -195,7 +197,7 @@ fn partial_holders_and_two_downloaders_that_serve() {
                         })),
                         ..FetchConfig::default()
                     };
-                    fetch(&x_socket, &hs, o_id, &out, config)
+                    fetch_from(&x_socket, &hs, o_id, &out, config)
                         .expect("x fetch")
                         .1
                 })
@@ -243,7 +245,9 @@ fn a_holder_that_leaves_does_not_stop_the_download() {
                         progress: Some(Box::new(move |c, _| seen.set(c))),
                         ..FetchConfig::default()
                     };
-                    fetch(&socket(), &hs, id, &out, config).expect("fetch").1
+                    fetch_from(&socket(), &hs, id, &out, config)
+                        .expect("fetch")
+                        .1
                 })
             };
             while seen.get() < 1_000_000 {
@@ -254,7 +258,7 @@ fn a_holder_that_leaves_does_not_stop_the_download() {
             let stats = job.join().expect("fetch");
             eprintln!("{stats:?}");
             assert_same(&o, &d.join("out.ts"));
-            assert!(stats.dropped.contains(&a.addr), "a is dropped");
+            assert!(stats.dropped.contains(&a.addr.to_string()), "a is dropped");
             assert!(stats.bytes[0] > 0 && stats.bytes[1] > stats.bytes[0]);
             drop(b);
             drop(std::fs::remove_dir_all(&d));
@@ -289,7 +293,7 @@ fn a_corrupting_holder_is_detected_and_dropped() {
             eprintln!("{stats:?}");
             assert!(stats.bad_pieces >= 1);
             assert_eq!(stats.bytes[0], 0);
-            assert_eq!(stats.dropped, vec![bad.addr]);
+            assert_eq!(stats.dropped, vec![bad.addr.to_string()]);
             drop(std::fs::remove_dir_all(&d));
         })
     });
@@ -314,7 +318,7 @@ fn a_tampered_index_is_refused() {
 
             // Alone, it gives nothing.
             let out = d.join("out.ts");
-            let r = fetch(
+            let r = fetch_from(
                 &socket(),
                 &[t_addr],
                 o.signed.id(),
@@ -329,11 +333,32 @@ fn a_tampered_index_is_refused() {
                 publisher: Some(other),
                 ..FetchConfig::default()
             };
-            assert!(fetch(&socket(), &[good.addr], o.signed.id(), &out, config).is_err());
-            // Beside a good holder: dropped, the download comes from the other.
-            let stats = get(&o, &[t_addr, good.addr], &out, FetchConfig::default());
+            assert!(fetch_from(&socket(), &[good.addr], o.signed.id(), &out, config).is_err());
+            // Beside a good holder that connects later (so the tamperer's
+            // index is read first): dropped, the download comes from the
+            // other.
+            let sock = socket();
+            let (tx, rx) = libnet::sync::channel(2);
+            tx.try_send(Candidate::direct(sock.clone(), t_addr))
+                .expect("queue");
+            let (s2, good_addr) = (sock.clone(), good.addr);
+            tx.try_send(Candidate {
+                label: good_addr.to_string(),
+                connect: Box::new(move || {
+                    sleep(Duration::from_millis(300));
+                    s2.connect(good_addr)
+                }),
+            })
+            .expect("queue");
+            drop(tx);
+            let config = FetchConfig {
+                publisher: Some(o.key.public().to_bytes()),
+                ..FetchConfig::default()
+            };
+            let (_, stats) = fetch(rx, o.signed.id(), &out, config).expect("fetch");
+            assert_same(&o, &out);
             assert_eq!(stats.bytes[0], 0);
-            assert_eq!(stats.dropped, vec![t_addr]);
+            assert_eq!(stats.dropped, vec![t_addr.to_string()]);
             t.stop();
             drop(std::fs::remove_dir_all(&d));
         })
@@ -460,7 +485,7 @@ fn a_silent_holder_is_worked_around_and_dropped() {
             let stats = get(&o, &[s_addr, good.addr], &d.join("out.ts"), config);
             eprintln!("{stats:?}");
             assert_eq!(stats.bytes[0], 0);
-            assert_eq!(stats.dropped, vec![s_addr]);
+            assert_eq!(stats.dropped, vec![s_addr.to_string()]);
             drop(silent.join());
             drop(std::fs::remove_dir_all(&d));
         })

@@ -487,6 +487,7 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
                 metrics: None,
                 status: Some(Rc::new(move || status_json(&s))),
                 live: Some(hub.clone()),
+                ..Routes::default()
             };
             let server = Server::bind(at, routes).map_err(|e| format!("{e} (--http)"))?;
             let bound = server.local_addr();

@@ -251,7 +251,7 @@ fn run(setup: Setup, sig: &Receiver<i32>) -> Result<(), String> {
             let routes = Routes {
                 metrics: Some(Rc::new(move || metrics(&m))),
                 status: Some(Rc::new(move || status(&s))),
-                live: None,
+                ..Routes::default()
             };
             let server = Server::bind(at, routes).map_err(|e| format!("{e} (--metrics)"))?;
             let bound = server.local_addr();

@@ -4,43 +4,46 @@
 //! ```text
 //! vod share FILE [--name NAME] [--key-file PATH] [--bind IP:PORT] [--tracker HOST:PORT]
 //! vod list [PREFIX] [--tracker HOST:PORT]
-//! vod fetch NAME --out FILE [--stdout] [--publisher HEX] [--seed] [--bind IP:PORT] [--tracker ...]
+//! vod fetch NAME --out FILE [--stdout] [--http IP:PORT] [--start SECS] [--publisher HEX] [--seed]
+//!           [--bind IP:PORT] [--tracker ...]
 //! ```
 //!
 //! `share` indexes and signs a file, publishes it in the tracker's catalog
 //! and serves its pieces until Ctrl-C. `list` prints the catalog. `fetch`
 //! asks the tracker who holds a file, downloads it from all of them at
 //! once (resuming `FILE.part`), publishes itself as a holder meanwhile and
-//! can stream the contiguous prefix to stdout for a player.
+//! plays while downloading: to stdout, or over local HTTP (with seeking).
 //!
-//! Holders are reached directly at the address the tracker saw (or their
-//! local one when they are behind the same public IP): a holder behind a
-//! NAT that filters unknown senders is not reachable yet. Punching to
-//! holders through the tracker is a follow-up.
+//! Holders are reached by punching through the tracker they are registered
+//! on (ours or a linked one), or directly at their local address when they
+//! share our public IP; every `vod` node answers punches (see `Node`).
 
 use std::cell::{Cell, RefCell};
-use std::fs::File;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use libnet::p2p::client::{whoami_rudp, Hello, TrackerClient};
+use libnet::p2p::client::{whoami_rudp, Hello, ProbeRouter, TrackerClient};
+use libnet::p2p::connect::{Options, Puncher};
 use libnet::p2p::registry::LOBBY;
-use libnet::p2p::wire::{CatalogEntry, FileInfo};
-use libnet::p2p::{rudp_config, NatType, Role};
+use libnet::p2p::wire::{CatalogEntry, FileInfo, Holder};
+use libnet::p2p::{rudp_config, NatType, NodeId, NodeInfo, Role};
 use libnet::rand::random_u64;
 use libnet::rudp::RudpSocket;
-use libnet::sync::{channel, Receiver, RecvTimeoutError};
+use libnet::sync::{channel, Receiver, RecvTimeoutError, Sender};
 use libnet::time::sleep;
+use p2p_apps::http::{FileBody, Routes, Server};
 use p2p_apps::node::{say, signal_name, start, TRACKER_TIMEOUT};
 use p2p_apps::signed::{hex, RoomKey, RoomPublic};
-use p2p_apps::vod::net::{fetch, FetchConfig, Seeder, SeederConfig};
+use p2p_apps::vod::net::{fetch, Candidate, FetchConfig, Seeder, SeederConfig};
 use p2p_apps::vod::pieces::part_path;
+use p2p_apps::vod::play::Playback;
 use p2p_apps::vod::{index_file, PieceFile, SignedIndex};
 use p2p_apps::{concrete_bind, init_logging, tracker_addrs};
 
@@ -69,6 +72,9 @@ enum Cmd {
         /// interface that routes to the tracker).
         #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:0")]
         bind: SocketAddr,
+        /// Upload cap, kilobits per second over all downloaders (0: none).
+        #[arg(long, value_name = "KBPS", default_value_t = 0)]
+        upload_kbps: u64,
         #[command(flatten)]
         tracker: TrackerFlags,
     },
@@ -91,6 +97,22 @@ enum Cmd {
         /// player: `vod fetch NAME --out x.ts --stdout | ffplay -`).
         #[arg(long)]
         stdout: bool,
+        /// Serves the file over HTTP while it downloads, with byte ranges
+        /// and `?t=SECONDS` (`mpv http://IP:PORT/NAME`); keeps serving
+        /// after the download until Ctrl-C.
+        #[arg(long, value_name = "IP:PORT")]
+        http: Option<SocketAddr>,
+        /// Starts playing (and downloading) at this time, in seconds: stdout
+        /// begins at the key frame before it.
+        #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+        start: f64,
+        /// Downloads only up to this time, in seconds (from `--start`): the
+        /// file stays `FILE.part`, holding that span (with `--seed`, served).
+        #[arg(long, value_name = "SECS")]
+        end: Option<f64>,
+        /// Upload cap while serving, kilobits per second (0: none).
+        #[arg(long, value_name = "KBPS", default_value_t = 0)]
+        upload_kbps: u64,
         /// Accept only an index signed by this key (64 hex digits).
         #[arg(long, value_name = "HEX")]
         publisher: Option<String>,
@@ -133,6 +155,7 @@ fn main() -> ExitCode {
             name,
             key_file,
             bind,
+            upload_kbps,
             tracker,
         } => {
             let setup = Net::new(&tracker, bind).and_then(|net| {
@@ -149,6 +172,7 @@ fn main() -> ExitCode {
                     file,
                     name,
                     key_file,
+                    upload: seeder_config(upload_kbps),
                 })
             });
             start("vod", setup, share)
@@ -161,6 +185,10 @@ fn main() -> ExitCode {
             name,
             out,
             stdout,
+            http,
+            start: start_at,
+            end,
+            upload_kbps,
             publisher,
             seed,
             bind,
@@ -175,11 +203,26 @@ fn main() -> ExitCode {
                     ),
                     None => None,
                 };
+                let secs_ok = |x: f64| x.is_finite() && x >= 0.0;
+                if !secs_ok(start_at) {
+                    return Err("--start is a number of seconds, 0 or more".into());
+                }
+                let end_ms = match end {
+                    Some(e) if !secs_ok(e) || e <= start_at => {
+                        return Err("--end is a number of seconds after --start".into())
+                    }
+                    Some(e) => Some((e * 1000.0) as u64),
+                    None => None,
+                };
                 Ok(Get {
                     net,
                     name,
                     out,
                     stdout,
+                    http,
+                    start_ms: (start_at * 1000.0) as u64,
+                    end_ms,
+                    upload: seeder_config(upload_kbps),
                     publisher,
                     seed,
                 })
@@ -206,9 +249,9 @@ impl Net {
         })
     }
 
-    /// Binds the RUDP socket, connects to the tracker and registers in the
-    /// lobby; returns the socket, the tracker and our public address.
-    fn join(&self) -> Result<(Rc<RudpSocket>, TrackerClient, SocketAddr), String> {
+    /// Binds the RUDP socket, learns our public address, registers in the
+    /// tracker's lobby and starts answering punches (see [`Node`]).
+    fn join(&self) -> Result<Rc<Node>, String> {
         let sock = RudpSocket::bind(self.bind, rudp_config())
             .map_err(|e| format!("cannot bind {} (--bind): {e}", self.bind))?;
         let local = sock.local_addr().map_err(|e| e.to_string())?;
@@ -223,19 +266,180 @@ impl Net {
                 log::warn!("vod: no Whoami answer from {} ({e})", self.tracker_udp);
                 local
             });
+        let hello = Hello {
+            node: random_u64(),
+            role: Role::Peer,
+            room: LOBBY,
+            local,
+            public: Some(public),
+            workload: 0,
+            nat: NatType::Unknown,
+            key: Vec::new(),
+        };
         tracker
-            .hello(&Hello {
-                node: random_u64(),
-                role: Role::Peer,
-                room: LOBBY,
-                local,
-                public: Some(public),
-                workload: 0,
-                nat: NatType::Unknown,
-                key: Vec::new(),
-            })
+            .hello(&hello)
             .map_err(|e| format!("the tracker at {} refused us: {e}", self.tracker))?;
-        Ok((Rc::new(sock), tracker, public))
+        Ok(Node::start(Rc::new(sock), Rc::new(tracker), public, hello))
+    }
+}
+
+/// Punches answered at once; more wait their turn.
+const MAX_ANSWERS: usize = 8;
+/// Introductions waiting for an answer; more are dropped (the peer's
+/// attempt times out and it tries again later).
+const INTRODUCTIONS: usize = 64;
+
+/// A `vod` node on the network: one RUDP socket (pieces, punch probes),
+/// registered in the lobby of its tracker. It punches to holders through
+/// the tracker they are on (ours, or a linked one it then registers with
+/// too) and answers every punch that comes its way, so that whoever wants
+/// our pieces can reach us behind a NAT; the connection then comes to the
+/// socket's `Seeder`.
+struct Node {
+    sock: Rc<RudpSocket>,
+    tracker: Rc<TrackerClient>,
+    public: SocketAddr,
+    hello: Hello,
+    router: Rc<ProbeRouter>,
+    /// By tracker TCP address: ours first, then others met through holders.
+    punchers: RefCell<HashMap<SocketAddr, Rc<Puncher>>>,
+    introductions: Sender<(NodeInfo, u64)>,
+}
+
+impl Node {
+    fn start(
+        sock: Rc<RudpSocket>,
+        tracker: Rc<TrackerClient>,
+        public: SocketAddr,
+        hello: Hello,
+    ) -> Rc<Node> {
+        let router = Rc::new(ProbeRouter::new(sock.clone()));
+        {
+            let router = router.clone();
+            drop(libnet::spawn(move || router.route()));
+        }
+        let (introductions, intro_rx) = channel::<(NodeInfo, u64)>(INTRODUCTIONS);
+        let node = Rc::new(Node {
+            sock,
+            tracker: tracker.clone(),
+            public,
+            hello,
+            router,
+            punchers: RefCell::new(HashMap::new()),
+            introductions,
+        });
+        node.add_puncher(tracker.tracker_addr(), tracker);
+        // Answers introductions, a few at once.
+        let answering = Rc::new(Cell::new(0usize));
+        let puncher = node.own_puncher();
+        drop(libnet::spawn(move || {
+            while let Ok((peer, token)) = intro_rx.recv() {
+                while answering.get() >= MAX_ANSWERS {
+                    sleep(Duration::from_millis(20));
+                }
+                answering.set(answering.get() + 1);
+                let (p, answering) = (puncher.clone(), answering.clone());
+                drop(libnet::spawn(move || {
+                    match p.answer(&peer, token) {
+                        Ok(addr) => log::info!("vod: punched back to {addr}"),
+                        Err(e) => log::info!("vod: punch from {:016x} failed: {e}", peer.id),
+                    }
+                    answering.set(answering.get() - 1);
+                }));
+            }
+        }));
+        node
+    }
+
+    fn add_puncher(&self, addr: SocketAddr, tracker: Rc<TrackerClient>) -> Rc<Puncher> {
+        let p = Rc::new(Puncher::new(
+            tracker,
+            self.router.clone(),
+            self.hello.node,
+            Options::default(),
+        ));
+        self.punchers.borrow_mut().insert(addr, p.clone());
+        let (d, tx) = (p.clone(), self.introductions.clone());
+        drop(libnet::spawn(move || {
+            let e = d.dispatch(&tx);
+            log::info!("vod: tracker {addr}: {e}");
+        }));
+        p
+    }
+
+    fn own_puncher(&self) -> Rc<Puncher> {
+        let own = self.tracker.tracker_addr();
+        self.punchers.borrow()[&own].clone()
+    }
+
+    /// The puncher of the tracker at `addr` (as the catalog names it),
+    /// registering with it first if it is not ours.
+    fn puncher_for(&self, addr: SocketAddr) -> io::Result<Rc<Puncher>> {
+        let own = self.tracker.tracker_addr();
+        if addr == own || (addr.ip().is_unspecified() && addr.port() == own.port()) {
+            return Ok(self.own_puncher());
+        }
+        if let Some(p) = self.punchers.borrow().get(&addr) {
+            return Ok(p.clone());
+        }
+        if addr.ip().is_unspecified() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("the holder's tracker gave no usable address ({addr})"),
+            ));
+        }
+        let t = TrackerClient::connect(addr, TRACKER_TIMEOUT)?;
+        t.hello(&self.hello)?;
+        // Another coroutine may have registered meanwhile: keep the first.
+        if let Some(p) = self.punchers.borrow().get(&addr) {
+            return Ok(p.clone());
+        }
+        Ok(self.add_puncher(addr, Rc::new(t)))
+    }
+
+    /// How to reach holder `h`: at its local address when it shares our
+    /// public IP (same host or same NAT), else by punching through its
+    /// tracker.
+    fn candidate(self: &Rc<Node>, h: &Holder) -> Candidate {
+        if h.node.public.ip() == self.public.ip() {
+            return Candidate::direct(self.sock.clone(), h.node.local);
+        }
+        let (node, h) = (self.clone(), h.clone());
+        Candidate {
+            label: h.node.public.to_string(),
+            connect: Box::new(move || {
+                let p = node.puncher_for(h.tracker)?;
+                let (_, addr) = p.connect(h.node.id, h.node.room)?;
+                node.sock.connect(addr)
+            }),
+        }
+    }
+
+    fn id(&self) -> NodeId {
+        self.hello.node
+    }
+
+    /// The heartbeat, to every tracker we are registered with; fails when
+    /// our own tracker is lost.
+    fn heartbeat(&self) -> io::Result<()> {
+        let own = self.tracker.tracker_addr();
+        for (addr, p) in self.punchers.borrow().iter() {
+            let r = p.tracker().update(0, NatType::Unknown);
+            if *addr == own {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Says goodbye to every tracker.
+    fn leave(&self, name: Option<&str>) {
+        for p in self.punchers.borrow().values() {
+            if let Some(n) = name {
+                let _ = p.tracker().unpublish(n);
+            }
+            let _ = p.tracker().bye();
+        }
     }
 }
 
@@ -270,6 +474,15 @@ struct Share {
     file: PathBuf,
     name: String,
     key_file: Option<PathBuf>,
+    upload: SeederConfig,
+}
+
+/// A seeder capped at `kbps` kilobits per second (0: no cap).
+fn seeder_config(kbps: u64) -> SeederConfig {
+    SeederConfig {
+        rate: (kbps > 0).then(|| kbps.saturating_mul(1000) / 8),
+        ..SeederConfig::default()
+    }
 }
 
 /// The key in `path`, or a new one written there (mode 0600).
@@ -303,30 +516,31 @@ fn share(s: Share, sig: &Receiver<i32>) -> Result<(), String> {
     let signed = SignedIndex::sign(index, &key).map_err(|e| format!("cannot sign: {e}"))?;
     let piece_file = PieceFile::open_complete(&s.file, signed.index())
         .map_err(|e| format!("cannot open {}: {e}", s.file.display()))?;
-    let (sock, tracker, public) = s.net.join()?;
-    let seeder = Seeder::start(sock.clone(), SeederConfig::default());
+    let node = s.net.join()?;
+    let seeder = Seeder::start(node.sock.clone(), s.upload.clone());
     seeder
         .add(&signed, Rc::new(RefCell::new(piece_file)))
         .map_err(|e| e.to_string())?;
     let info = file_info(&signed);
-    tracker
+    node.tracker
         .publish(&info, info.pieces)
         .map_err(|e| format!("the tracker refused {:?}: {e}", info.name))?;
     let i = signed.index();
     say(format!(
-        "shared {} ({} bytes, {} pieces, {} s) index {} publisher {} at {public}",
+        "shared {} ({} bytes, {} pieces, {} s) index {} publisher {} at {}",
         i.name,
         i.size,
         i.pieces(),
         secs(i.duration_ms),
         hex(&signed.id()),
         hex(&signed.publisher()),
+        node.public,
     ));
     let s = loop {
         match sig.recv_timeout(HEARTBEAT) {
             Ok(s) => break s,
             Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = tracker.update(0, NatType::Unknown) {
+                if let Err(e) = node.heartbeat() {
                     return Err(format!("lost the tracker: {e}"));
                 }
             }
@@ -338,8 +552,7 @@ fn share(s: Share, sig: &Receiver<i32>) -> Result<(), String> {
         signal_name(s),
         seeder.sent()
     ));
-    let _ = tracker.unpublish(&info.name);
-    let _ = tracker.bye();
+    node.leave(Some(&info.name));
     seeder.stop();
     Ok(())
 }
@@ -376,16 +589,21 @@ struct Get {
     name: String,
     out: PathBuf,
     stdout: bool,
+    http: Option<SocketAddr>,
+    start_ms: u64,
+    end_ms: Option<u64>,
+    upload: SeederConfig,
     publisher: Option<[u8; 32]>,
     seed: bool,
 }
 
-/// The catalog entry of `name`, with the addresses of its holders.
-fn find(
-    t: &TrackerClient,
-    name: &str,
-    public: SocketAddr,
-) -> Result<(CatalogEntry, Vec<SocketAddr>), String> {
+/// How often the tracker is asked for holders that appeared meanwhile.
+const REFRESH: Duration = Duration::from_secs(5);
+/// Largest write to stdout at once.
+const STDOUT_CHUNK: usize = 256 * 1024;
+
+/// The catalog entry of `name` and its holders (never us).
+fn find(t: &TrackerClient, name: &str) -> Result<(CatalogEntry, Vec<Holder>), String> {
     let entry = t
         .catalog(name)
         .map_err(|e| format!("the tracker did not answer: {e}"))?
@@ -395,78 +613,64 @@ fn find(
     let holders = t
         .holders(name, MAX_HOLDERS)
         .map_err(|e| format!("the tracker did not answer: {e}"))?;
-    // Behind the same public IP (or on the same host), a holder is reached
-    // at its local address.
-    let addrs: Vec<SocketAddr> = holders
-        .iter()
-        .map(|h| {
-            if h.node.public.ip() == public.ip() {
-                h.node.local
-            } else {
-                h.node.public
-            }
-        })
-        .collect();
-    if addrs.is_empty() {
+    if holders.is_empty() {
         return Err(format!("{name:?} has no holders right now"));
     }
-    Ok((entry, addrs))
+    Ok((entry, holders))
 }
 
-/// Copies the contiguous prefix of the download to stdout from a plain
-/// thread (a slow player must not stall the loop). Takes byte counts on
-/// `rx`; ends when `rx` closes, with the bytes written.
-fn stream(out: PathBuf, rx: std::sync::mpsc::Receiver<u64>) -> Result<u64, String> {
-    let mut file: Option<File> = None;
-    let mut done = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut stdout = io::stdout().lock();
-    while let Ok(mut target) = rx.recv() {
-        while let Ok(t) = rx.try_recv() {
-            target = target.max(t);
+/// Copies bytes `from..to` of the file to stdout as its pieces come; the
+/// writes run on the pool (a slow player parks this coroutine only).
+/// Returns the bytes written.
+fn to_stdout(play: &Playback, from: u64, to: u64) -> Result<u64, String> {
+    let mut at = from;
+    while at < to.min(play.size()) {
+        let max = usize::try_from(to - at).map_or(STDOUT_CHUNK, |n| n.min(STDOUT_CHUNK));
+        let bytes = play.read_at(at, max).map_err(|e| e.to_string())?;
+        if bytes.is_empty() {
+            break;
         }
-        if target <= done {
-            continue;
-        }
-        if file.is_none() {
-            // The rename to `out` keeps an open `.part` readable.
-            file = File::open(part_path(&out))
-                .or_else(|_| File::open(&out))
-                .ok();
-        }
-        let Some(f) = &file else {
-            return Err(format!("cannot read {}", out.display()));
-        };
-        while done < target {
-            let n = usize::try_from(target - done)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
-            let got = f
-                .read_at(&mut buf[..n], done)
-                .map_err(|e| format!("cannot read {}: {e}", out.display()))?;
-            if got == 0 {
-                break;
-            }
-            stdout
-                .write_all(&buf[..got])
-                .and_then(|()| stdout.flush())
-                .map_err(|e| format!("stdout: {e}"))?;
-            done += got as u64;
+        let n = bytes.len() as u64;
+        libnet::spawn_blocking(move || {
+            let mut o = io::stdout().lock();
+            o.write_all(&bytes).and_then(|()| o.flush())
+        })
+        .map_err(|e| format!("stdout: {e}"))?;
+        at += n;
+    }
+    Ok(at - from)
+}
+
+/// `name` as a URL path segment (RFC 3986 unreserved characters kept).
+fn url_path(name: &str) -> String {
+    let mut s = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            s.push(char::from(b));
+        } else {
+            s.push_str(&format!("%{b:02X}"));
         }
     }
-    Ok(done)
+    s
 }
 
 /// What the download's coroutines share.
 struct Progress {
     /// Pieces stored during this run.
     stored: Cell<u32>,
-    /// Contiguous bytes held.
-    contiguous: Cell<u64>,
-    /// Set once the file is complete (publish every piece).
-    complete: Cell<bool>,
-    /// The tracker coroutine ends when this is set.
+    /// The file, once the index is known: how many pieces we hold.
+    file: RefCell<Option<Rc<RefCell<PieceFile>>>>,
+    /// The tracker coroutines end when this is set.
     stop: Cell<bool>,
+}
+
+impl Progress {
+    fn held(&self) -> u32 {
+        self.file
+            .borrow()
+            .as_ref()
+            .map_or(0, |f| f.borrow().count())
+    }
 }
 
 fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
@@ -477,9 +681,21 @@ fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
             g.out.display()
         ));
     }
-    let (sock, tracker, public) = g.net.join()?;
-    let tracker = Rc::new(tracker);
-    let (entry, holders) = find(&tracker, &g.name, public)?;
+    let play = Playback::new();
+    // Bound first, so a port in use fails before anything else.
+    let server = match g.http {
+        Some(addr) => {
+            let routes = Routes {
+                file: Some((g.name.clone(), play.clone() as Rc<dyn FileBody>)),
+                ..Routes::default()
+            };
+            Some(Server::bind(addr, routes).map_err(|e| format!("{e} (--http)"))?)
+        }
+        None => None,
+    };
+    let node = g.net.join()?;
+    let tracker = node.tracker.clone();
+    let (entry, holders) = find(&tracker, &g.name)?;
     let info = entry.file;
     say(format!(
         "vod: fetching {} ({} bytes, {} pieces) from {} holders: {}",
@@ -489,7 +705,7 @@ fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
         holders.len(),
         holders
             .iter()
-            .map(ToString::to_string)
+            .map(|h| h.node.public.to_string())
             .collect::<Vec<_>>()
             .join(", ")
     ));
@@ -498,12 +714,12 @@ fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
     let fetching = Rc::new(Cell::new(true));
     let (stop_tx, stop_rx) = channel::<i32>(1);
     {
-        let (sig, fetching, tracker) = (sig.clone(), fetching.clone(), tracker.clone());
+        let (sig, fetching, node) = (sig.clone(), fetching.clone(), node.clone());
         let (name, part) = (info.name.clone(), part.clone());
         drop(libnet::spawn(move || {
             let Ok(s) = sig.recv() else { return };
             if fetching.get() {
-                let _ = tracker.unpublish(&name);
+                node.leave(Some(&name));
                 eprintln!(
                     "vod: interrupted by {}; {} kept for resuming",
                     signal_name(s),
@@ -517,67 +733,95 @@ fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
 
     let progress = Rc::new(Progress {
         stored: Cell::new(0),
-        contiguous: Cell::new(0),
-        complete: Cell::new(false),
+        file: RefCell::new(None),
         stop: Cell::new(false),
     });
     // The tracker: how much we hold, and heartbeats.
     let beat = {
-        let (p, tracker, info) = (progress.clone(), tracker.clone(), info.clone());
+        let (p, node, info) = (progress.clone(), node.clone(), info.clone());
         libnet::spawn(move || {
-            let piece = u64::from(PIECE as u32);
             let mut told = 0u32;
             let mut last_beat = libnet::time::now();
             while !p.stop.get() {
-                let have = if p.complete.get() {
-                    info.pieces
-                } else {
-                    let prefix = u32::try_from(p.contiguous.get() / piece).unwrap_or(u32::MAX);
-                    p.stored.get().max(prefix).min(info.pieces)
-                };
+                let have = p.held().min(info.pieces);
                 if have > told {
-                    match tracker.publish(&info, have) {
+                    match node.tracker.publish(&info, have) {
                         Ok(_) => told = have,
                         Err(e) => log::warn!("vod: publish failed: {e}"),
                     }
                 }
                 if last_beat.elapsed() >= HEARTBEAT {
                     last_beat = libnet::time::now();
-                    let _ = tracker.update(0, NatType::Unknown);
+                    let _ = node.heartbeat();
                 }
                 sleep(HAVE_PERIOD);
             }
         })
     };
 
-    let streamer = if g.stdout {
-        let (tx, rx) = std::sync::mpsc::channel::<u64>();
-        let (done_tx, done_rx) = channel::<Result<u64, String>>(1);
-        let out = g.out.clone();
-        std::thread::Builder::new()
-            .name("stdout".into())
-            .spawn(move || {
-                let r = stream(out, rx);
-                let _ = done_tx.send(r);
-            })
-            .map_err(|e| format!("cannot start the stdout thread: {e}"))?;
-        Some((tx, done_rx))
-    } else {
-        None
-    };
+    // Holders: those known now, then new ones as they appear.
+    let (cand_tx, cand_rx) = channel::<Candidate>(usize::from(MAX_HOLDERS) * 2);
+    {
+        let mut known: HashSet<NodeId> = HashSet::new();
+        for h in &holders {
+            known.insert(h.node.id);
+            let _ = cand_tx.try_send(node.candidate(h));
+        }
+        let (node, fetching, name) = (node.clone(), fetching.clone(), info.name.clone());
+        drop(libnet::spawn(move || loop {
+            sleep(REFRESH);
+            if !fetching.get() {
+                return;
+            }
+            let Ok(hs) = node.tracker.holders(&name, MAX_HOLDERS) else {
+                continue;
+            };
+            for h in hs {
+                if h.node.id != node.id() && known.len() < 1024 && known.insert(h.node.id) {
+                    log::info!("vod: new holder {}", h.node.public);
+                    if cand_tx.send(node.candidate(&h)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
 
-    let seeder = Seeder::start(sock.clone(), SeederConfig::default());
+    let seeder = Seeder::start(node.sock.clone(), g.upload.clone());
+    let (done_tx, done_rx) = channel::<Result<u64, String>>(1);
+    let url = server
+        .as_ref()
+        .map(|s| format!("http://{}/{}", s.local_addr(), url_path(&info.name)));
+    let on_open = {
+        let (play, start_ms, end_ms, stdout) = (play.clone(), g.start_ms, g.end_ms, g.stdout);
+        let (url, p) = (url.clone(), progress.clone());
+        Box::new(move |s: &SignedIndex, file: &Rc<RefCell<PieceFile>>| {
+            *p.file.borrow_mut() = Some(file.clone());
+            play.open(s.index(), file.clone());
+            let from = s.index().offset_at(start_ms);
+            let to = end_ms.map_or(s.index().size, |e| s.index().offset_after(e));
+            play.playhead().set(from);
+            if let Some(server) = server {
+                drop(server.start());
+                say(format!(
+                    "vod: playing at {} (seek with ?t=SECONDS or byte ranges)",
+                    url.unwrap_or_default()
+                ));
+            }
+            if stdout {
+                drop(libnet::spawn(move || {
+                    let _ = done_tx.send(to_stdout(&play, from, to));
+                }));
+            }
+        }) as Box<dyn FnOnce(&SignedIndex, &Rc<RefCell<PieceFile>>)>
+    };
     let on_piece = {
-        let p = progress.clone();
-        let tx = streamer.as_ref().map(|(tx, _)| tx.clone());
+        let (p, play) = (progress.clone(), play.clone());
         let name = info.name.clone();
         let mut last_said = libnet::time::now();
         Box::new(move |contiguous: u64, size: u64| {
             p.stored.set(p.stored.get() + 1);
-            p.contiguous.set(contiguous);
-            if let Some(tx) = &tx {
-                let _ = tx.send(contiguous);
-            }
+            play.stored();
             if last_said.elapsed() >= Duration::from_secs(1) {
                 last_said = libnet::time::now();
                 say(format!(
@@ -591,16 +835,20 @@ fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
     let config = FetchConfig {
         publisher: g.publisher,
         seeder: Some(seeder.clone()),
+        playhead: Some(play.playhead()),
+        span_ms: g.end_ms.map(|e| (g.start_ms, e)),
+        on_open: Some(on_open),
         progress: Some(on_piece),
         ..FetchConfig::default()
     };
-    let r = fetch(&sock, &holders, info.index, &g.out, config);
+    let r = fetch(cand_rx, info.index, &g.out, config);
     fetching.set(false);
     let (signed, stats) = match r {
         Ok(x) => x,
         Err(e) => {
-            let _ = tracker.unpublish(&info.name);
+            node.leave(Some(&info.name));
             let e = e.to_string();
+            play.fail(e.clone());
             let mut why = format!(
                 "fetching {:?} failed: {}",
                 info.name,
@@ -615,17 +863,22 @@ fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
             return Err(why);
         }
     };
-    progress.complete.set(true);
-    let per = holders
+    let per = stats
+        .holders
         .iter()
         .zip(&stats.bytes)
         .map(|(a, b)| format!("{a} {b} bytes"))
         .collect::<Vec<_>>()
         .join(", ");
+    let held = progress.held();
+    let what = if held == info.pieces {
+        format!("{} bytes", signed.index().size)
+    } else {
+        format!("{held} of {} pieces, to {}", info.pieces, part.display())
+    };
     say(format!(
-        "fetched {} ({} bytes) in {:.2} s (first byte after {}; {} resumed pieces, {} bad pieces): {per}",
+        "fetched {} ({what}) in {:.2} s (first byte after {}; {} resumed pieces, {} bad pieces): {per}",
         info.name,
-        signed.index().size,
         stats.total.as_secs_f64(),
         stats
             .first_byte
@@ -636,11 +889,9 @@ fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
     // The player may still be reading: wait for the copy to end, or for
     // Ctrl-C (which then also skips seeding).
     let mut stopped = None;
-    if let Some((tx, done)) = streamer {
-        let _ = tx.send(signed.index().size);
-        drop(tx);
+    if g.stdout {
         let r = loop {
-            match done.recv_timeout(Duration::from_millis(200)) {
+            match done_rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(r) => break Some(r),
                 Err(RecvTimeoutError::Timeout) => {
                     if let Ok(Some(s)) = stop_rx.try_recv() {
@@ -648,7 +899,7 @@ fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
                         break None;
                     }
                 }
-                Err(_) => break Some(Err("the stdout thread ended early".into())),
+                Err(_) => break Some(Err("the stdout copy ended early".into())),
             }
         };
         match r {
@@ -657,10 +908,13 @@ fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
             None => say("vod: interrupted while writing to stdout".into()),
         }
     }
-    if g.seed && stopped.is_none() {
-        // Tell the tracker at once that we are a complete holder.
-        let _ = tracker.publish(&info, info.pieces);
-        say(format!("vod: seeding {} until Ctrl-C", info.name));
+    if (g.seed || url.is_some()) && stopped.is_none() {
+        // Tell the tracker at once what we hold.
+        let _ = tracker.publish(&info, held);
+        match &url {
+            Some(u) => say(format!("vod: serving {u} and seeding until Ctrl-C")),
+            None => say(format!("vod: seeding {} until Ctrl-C", info.name)),
+        }
         let s = stop_rx.recv().map_err(|_| "the signal thread ended")?;
         say(format!(
             "vod: stopping on {} ({} bytes served)",
@@ -670,8 +924,7 @@ fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
     }
     progress.stop.set(true);
     drop(beat.join());
-    let _ = tracker.unpublish(&info.name);
-    let _ = tracker.bye();
+    node.leave(Some(&info.name));
     seeder.stop();
     Ok(())
 }

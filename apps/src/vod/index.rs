@@ -342,11 +342,15 @@ impl FileIndex {
             .min(self.pieces().saturating_sub(1))
     }
 
-    /// Where to start reading to play from `ms`: the offset of the last
-    /// time-map point at or before `ms` (0 before the first); with no time
-    /// map, `ms / duration_ms` of the way through the file (0 when the
-    /// duration is unknown, `size` at or past the end).
+    /// Where to start reading to play from `ms`: 0 for 0 (the file's own
+    /// start, headers included), else the offset of the last time-map
+    /// point at or before `ms` (0 before the first); with no time map,
+    /// `ms / duration_ms` of the way through the file (0 when the duration
+    /// is unknown, `size` at or past the end).
     pub fn offset_at(&self, ms: u64) -> u64 {
+        if ms == 0 {
+            return 0;
+        }
         if self.time_map.is_empty() {
             if self.duration_ms == 0 {
                 return 0;
@@ -361,6 +365,35 @@ impl FileIndex {
             0 => 0,
             n => self.time_map[n - 1].1.min(self.size),
         }
+    }
+
+    /// Where a span of play ending at `ms` ends: the offset of the first
+    /// time-map point after `ms` (the key frame that follows), `size` if
+    /// none; with no time map, linear as [`FileIndex::offset_at`] (`size`
+    /// when the duration is unknown).
+    pub fn offset_after(&self, ms: u64) -> u64 {
+        if self.time_map.is_empty() {
+            if self.duration_ms == 0 {
+                return self.size;
+            }
+            return self.offset_at(ms.max(1));
+        }
+        let n = self.time_map.partition_point(|&(t, _)| t <= ms);
+        self.time_map
+            .get(n)
+            .map_or(self.size, |&(_, o)| o.min(self.size))
+    }
+
+    /// The pieces to hold to play from `from_ms` to `to_ms`: from the key
+    /// frame at or before `from_ms` to the one after `to_ms` (an empty
+    /// range for an empty file).
+    pub fn pieces_for(&self, from_ms: u64, to_ms: u64) -> std::ops::Range<u32> {
+        if self.pieces() == 0 {
+            return 0..0;
+        }
+        let first = self.piece_of(self.offset_at(from_ms));
+        let last = self.piece_of(self.offset_after(to_ms).saturating_sub(1));
+        first..last.max(first) + 1
     }
 
     /// Whether `data` is piece `i` of this file (its length and hash).
@@ -781,6 +814,29 @@ pub(crate) mod tests {
         assert_eq!(index.offset_at(u64::MAX), 9000);
         index.duration_ms = 0;
         assert_eq!(index.offset_at(3000), 0);
+    }
+
+    #[test]
+    fn a_span_of_play_covers_its_key_frames() {
+        let (_, mut index) = sample(9000, 1024);
+        // Points (0, 0), (2000, 3000), (4000, 4500); pieces of 1024 bytes.
+        assert_eq!(index.offset_after(0), 3000);
+        assert_eq!(index.offset_after(2000), 4500);
+        assert_eq!(index.offset_after(4000), 9000);
+        // 0–2.5 s: bytes 0..4500, pieces 0..=4.
+        assert_eq!(index.pieces_for(0, 2500), 0..5);
+        // 2–3 s: 3000..4500, pieces 2..=4; 4 s to the end: 4500..9000.
+        assert_eq!(index.pieces_for(2000, 3000), 2..5);
+        assert_eq!(index.pieces_for(4000, u64::MAX), 4..9);
+        // Backwards spans hold at least the first piece.
+        assert_eq!(index.pieces_for(4000, 0), 4..5);
+        index.time_map.clear();
+        // Linear: 6 s over 9000 bytes; 5 s ends at byte 7500.
+        assert_eq!(index.pieces_for(0, 5000), 0..8);
+        index.duration_ms = 0;
+        assert_eq!(index.pieces_for(0, 1), 0..9);
+        let empty = FileIndex::from_reader("e", &[][..], 1024, 0, vec![]).unwrap();
+        assert_eq!(empty.pieces_for(0, 10), 0..0);
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! - [`net`]: the transfer over RUDP: [`net::Seeder`] serves indexes and
 //!   pieces (with an upload cap), [`net::fetch`] downloads one file from
 //!   many holders at once in playback order.
+//! - [`play`]: [`play::Playback`], the bytes of a file being downloaded
+//!   for players (HTTP, stdout), parking readers until their piece comes
+//!   and moving the download's playhead where they read.
 //! - [`pieces`]: [`PieceFile`], the disk-backed piece store of one file
 //!   (seeder and downloader; resume from the `.part` file).
 //! - [`timemap`]: duration and key frame positions from FFmpeg.
@@ -26,6 +29,7 @@
 pub mod index;
 pub mod net;
 pub mod pieces;
+pub mod play;
 pub mod timemap;
 
 pub use index::{FileIndex, IndexError, SignedIndex, PIECE_SIZE};

@@ -11,12 +11,14 @@
 //! - `MapRequest` → one or more `Map{first, bits}` (≤ 4096 pieces each).
 //! - `FragmentRequest{ids}` (id = piece number) → one `Fragment{id, data}`
 //!   per piece held, `FragmentMissing` for the rest.
+//! - `Cancel{ids}`: pieces asked for and no longer wanted (they came from
+//!   another holder) are not sent, if their turn has not come yet.
 //!
 //! A piece travels as one fragment, so shared files are indexed with a piece
 //! size of at most [`MAX_NET_PIECE`] bytes. See `docs/vod.md`, "Transfer".
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -212,10 +214,12 @@ impl Seeder {
     }
 
     /// One connection: a reader coroutine queues work, this one answers in
-    /// order (the only sender on `conn`).
+    /// order (the only sender on `conn`). The piece ids queued are kept in
+    /// a set (at most [`QUEUE`]) so that a `Cancel` can take them back
+    /// before their turn.
     fn serve(&self, conn: Rc<RudpConnection>) {
         let (tx, rx) = channel::<Message>(QUEUE * 2);
-        let queued = Rc::new(Cell::new(0usize));
+        let queued: Rc<RefCell<HashSet<(RoomId, u64)>>> = Rc::default();
         let reader = {
             let conn = conn.clone();
             let queued = queued.clone();
@@ -224,21 +228,42 @@ impl Seeder {
                     let Ok(mut m) = Message::decode_frame(&f) else {
                         break;
                     };
-                    if let Message::FragmentRequest { room, ids, .. } = &mut m {
-                        let room = *room;
-                        let take = ids.len().min(QUEUE.saturating_sub(queued.get()));
-                        let over = ids.split_off(take);
-                        queued.set(queued.get() + ids.len());
-                        if !over.is_empty() {
-                            let missing = Message::FragmentMissing {
-                                room,
-                                channel: Channel::Video,
-                                ids: over,
-                            };
-                            if tx.send(missing).is_err() {
-                                break;
+                    match &mut m {
+                        Message::FragmentRequest { room, ids, .. } => {
+                            let room = *room;
+                            let mut q = queued.borrow_mut();
+                            let mut over = Vec::new();
+                            ids.retain(|&id| {
+                                if q.contains(&(room, id)) {
+                                    false
+                                } else if q.len() < QUEUE {
+                                    q.insert((room, id));
+                                    true
+                                } else {
+                                    over.push(id);
+                                    false
+                                }
+                            });
+                            drop(q);
+                            if !over.is_empty() {
+                                let missing = Message::FragmentMissing {
+                                    room,
+                                    channel: Channel::Video,
+                                    ids: over,
+                                };
+                                if tx.send(missing).is_err() {
+                                    break;
+                                }
                             }
                         }
+                        Message::Cancel { room, ids, .. } => {
+                            let mut q = queued.borrow_mut();
+                            for id in ids.iter() {
+                                q.remove(&(*room, *id));
+                            }
+                            continue;
+                        }
+                        _ => {}
                     }
                     if tx.send(m).is_err() {
                         break;
@@ -249,8 +274,7 @@ impl Seeder {
         while let Ok(m) = rx.recv() {
             let r = match m {
                 Message::FragmentRequest { room, ids, .. } => {
-                    queued.set(queued.get().saturating_sub(ids.len()));
-                    self.pieces(&conn, room, &ids)
+                    self.pieces(&conn, room, &ids, &queued)
                 }
                 other => self.answer(&conn, other),
             };
@@ -315,9 +339,20 @@ impl Seeder {
         }
     }
 
-    fn pieces(&self, conn: &RudpConnection, room: RoomId, ids: &[u64]) -> io::Result<()> {
+    /// Sends the pieces asked for that are still queued (not cancelled).
+    fn pieces(
+        &self,
+        conn: &RudpConnection,
+        room: RoomId,
+        ids: &[u64],
+        queued: &RefCell<HashSet<(RoomId, u64)>>,
+    ) -> io::Result<()> {
         let mut missing = Vec::new();
         for &id in ids {
+            if !queued.borrow_mut().remove(&(room, id)) {
+                // Cancelled.
+                continue;
+            }
             let piece = {
                 let files = self.inner.files.borrow();
                 files.get(&room).and_then(|s| {
@@ -367,6 +402,41 @@ impl Seeder {
 
 /// Slow pieces in a row after which a holder is dropped.
 const STRIKES: u32 = 3;
+/// Time a holder has to send the whole signed index.
+const INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often every holder is asked for its map again.
+const MAP_PERIOD: Duration = Duration::from_millis(500);
+
+/// A holder to fetch from, connected on demand: [`fetch`] runs `connect`
+/// in a coroutine of its own (so slow connects, e.g. punches, overlap).
+pub struct Candidate {
+    /// How the holder is named in [`FetchStats`] (its address, its node).
+    pub label: String,
+    /// Opens the connection to the holder.
+    pub connect: Box<dyn FnOnce() -> io::Result<RudpConnection>>,
+}
+
+impl Candidate {
+    /// A holder reachable at `addr` straight from `socket`.
+    pub fn direct(socket: Rc<RudpSocket>, addr: SocketAddr) -> Candidate {
+        Candidate {
+            label: addr.to_string(),
+            connect: Box::new(move || socket.connect(addr)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Candidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Candidate")
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+/// Called once the signed index is verified and the file opened, before
+/// any piece is asked for.
+pub type OnOpen = Box<dyn FnOnce(&SignedIndex, &Rc<RefCell<PieceFile>>)>;
 
 /// How [`fetch`] downloads.
 pub struct FetchConfig {
@@ -376,12 +446,27 @@ pub struct FetchConfig {
     pub window: usize,
     /// Pieces in flight per holder.
     pub per_holder: usize,
+    /// Holders connected (or connecting) at once; later candidates wait
+    /// for a place.
+    pub max_holders: usize,
     /// A piece not come after this is asked elsewhere.
     pub slow: Duration,
-    /// No piece at all for this long: give up.
+    /// No piece at all for this long (or, before the first, no index):
+    /// give up.
     pub stall: Duration,
     /// Serves the file meanwhile (what is held so far).
     pub seeder: Option<Seeder>,
+    /// Where the player reads (a byte offset, moved by seeking): the window
+    /// starts at the first missing piece from there, then wraps to the
+    /// start. `None`: from the start.
+    pub playhead: Option<Rc<Cell<u64>>>,
+    /// Only the pieces to play this span (milliseconds from, to; see
+    /// [`super::FileIndex::pieces_for`]): the download ends once they are
+    /// held, the file staying `PATH.part` unless that is all of it.
+    /// `None`: the whole file.
+    pub span_ms: Option<(u64, u64)>,
+    /// See [`OnOpen`].
+    pub on_open: Option<OnOpen>,
     /// Called with the contiguous bytes held and the file size after each
     /// piece stored: a player may read that prefix.
     pub progress: Option<Box<dyn FnMut(u64, u64)>>,
@@ -393,9 +478,13 @@ impl Default for FetchConfig {
             publisher: None,
             window: 32,
             per_holder: 8,
+            max_holders: 16,
             slow: Duration::from_secs(3),
             stall: Duration::from_secs(15),
             seeder: None,
+            playhead: None,
+            span_ms: None,
+            on_open: None,
             progress: None,
         }
     }
@@ -404,12 +493,16 @@ impl Default for FetchConfig {
 /// What [`fetch`] did.
 #[derive(Clone, Debug, Default)]
 pub struct FetchStats {
-    /// Verified piece bytes taken from each holder (in the order given).
+    /// Each candidate's label, in the order they came.
+    pub holders: Vec<String>,
+    /// Verified piece bytes taken from each of them (same order).
     pub bytes: Vec<u64>,
-    /// Holders dropped (bad index, bad piece, gone).
-    pub dropped: Vec<SocketAddr>,
+    /// Holders dropped (unreachable, bad index, bad piece, gone), by label.
+    pub dropped: Vec<String>,
     /// Pieces that failed their hash (or length).
     pub bad_pieces: u32,
+    /// Pieces that came twice (asked again elsewhere while slow).
+    pub duplicates: u32,
     /// Pieces held before the download started (resume).
     pub resumed: u32,
     /// From the start to the first contiguous byte held.
@@ -419,12 +512,27 @@ pub struct FetchStats {
 }
 
 enum Event {
+    /// A new candidate (from the caller's channel).
+    New(Candidate),
+    /// The caller's channel closed: no more candidates.
+    NoMore,
+    /// Holder `k` connected.
+    Up(usize, Rc<RudpConnection>),
     Msg(usize, Message),
+    /// Holder `k` could not connect, or its connection ended.
     Gone(usize),
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    Connecting,
+    Up,
+    Dropped,
+}
+
 struct Holder {
-    addr: SocketAddr,
+    label: String,
+    link: Link,
     conn: Option<Rc<RudpConnection>>,
     bits: Vec<u8>,
     inflight: usize,
@@ -449,16 +557,27 @@ impl Holder {
             self.bits[byte] &= !(1 << (i % 8));
         }
     }
+    fn usable(&self) -> bool {
+        self.link == Link::Up
+    }
 }
 
-/// Downloads the file whose index id is `id` from `holders` (reachable RUDP
-/// addresses) into `path` (resuming `path.part`): the signed index first,
-/// from the first holder whose copy verifies, then the pieces from all
-/// holders at once, earliest missing first. Returns when `path` is
-/// complete.
+/// The signed index being read from one holder.
+struct IndexLoad {
+    from: usize,
+    chunks: Option<Vec<Option<Vec<u8>>>>,
+    since: Instant,
+}
+
+/// Downloads the file whose index id is `id` from the holders that come on
+/// `candidates` into `path` (resuming `path.part`): connects to each (up to
+/// `max_holders` at once, in parallel), reads the signed index from the
+/// first that answers (the next one if its copy does not verify), then
+/// takes the pieces from all holders at once, in playback order from the
+/// playhead. Returns when `path` is complete. Candidates may keep coming
+/// during the download (holders that appear meanwhile).
 pub fn fetch(
-    socket: &RudpSocket,
-    holders: &[SocketAddr],
+    candidates: Receiver<Candidate>,
     id: [u8; 32],
     path: &Path,
     mut config: FetchConfig,
@@ -466,184 +585,289 @@ pub fn fetch(
     let start = libnet::time::now();
     let room = room_of(&id);
     let (tx, rx) = channel::<Event>(1024);
-    let mut hs = Vec::new();
-    let mut readers = Vec::new();
-    let mut unreachable = Vec::new();
-    for (k, &addr) in holders.iter().enumerate() {
-        let conn = socket.connect(addr).ok().map(Rc::new);
-        if conn.is_none() {
-            unreachable.push(addr);
-        }
-        if let Some(c) = &conn {
-            let (c, tx) = (c.clone(), tx.clone());
-            readers.push(libnet::spawn(move || {
-                while let Ok(Some(f)) = c.recv() {
-                    match Message::decode_frame(&f) {
-                        Ok(m) => {
-                            if tx.send(Event::Msg(k, m)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => break,
-                    }
+    let feeder = {
+        let tx = tx.clone();
+        libnet::spawn(move || {
+            while let Ok(c) = candidates.recv() {
+                if tx.send(Event::New(c)).is_err() {
+                    return;
                 }
-                drop(tx.send(Event::Gone(k)));
-            }));
-        }
-        hs.push(Holder {
-            addr,
-            conn,
-            bits: Vec::new(),
-            inflight: 0,
-            strikes: 0,
-        });
-    }
-    drop(tx);
-    let mut stats = FetchStats {
-        bytes: vec![0; hs.len()],
-        dropped: unreachable,
-        ..FetchStats::default()
-    };
-    let drop_holder = |hs: &mut Vec<Holder>, stats: &mut FetchStats, k: usize| {
-        if let Some(c) = hs[k].conn.take() {
-            c.abort();
-            stats.dropped.push(hs[k].addr);
-        }
-    };
-    let ask = |h: &Holder, m: &Message| h.conn.as_ref().map(|c| send(c, m));
-
-    // The signed index, holder by holder.
-    let mut signed = None;
-    let mut gone = Vec::new();
-    for k in 0..hs.len() {
-        match index_from(&hs[k], k, room, &rx, config.publisher, id, &mut gone) {
-            Some(s) => {
-                signed = Some(s);
-                break;
             }
-            None => drop_holder(&mut hs, &mut stats, k),
-        }
-    }
-    for k in gone {
-        drop_holder(&mut hs, &mut stats, k);
-    }
-    let signed = signed.ok_or_else(|| invalid("vod: no holder has a valid index".into()))?;
-    let index = signed.index().clone();
-    let file = Rc::new(RefCell::new(PieceFile::open_partial(path, &index)?));
-    stats.resumed = file.borrow().count();
-    if let Some(s) = &config.seeder {
-        s.add(&signed, file.clone())?;
-    }
-    let n = index.pieces();
-    let map_req = Message::MapRequest {
-        room,
-        channel: Channel::Video,
+            drop(tx.send(Event::NoMore));
+        })
     };
+    let mut hs: Vec<Holder> = Vec::new();
+    let mut waiting: std::collections::VecDeque<(usize, Candidate)> = Default::default();
+    let mut workers = Vec::new();
+    let mut more = true;
+    let mut stats = FetchStats::default();
+    let mut index: Option<(SignedIndex, Rc<RefCell<PieceFile>>)> = None;
+    // The pieces wanted, once the index is known.
+    let mut want = 0..0;
+    let mut load: Option<IndexLoad> = None;
+    let mut tried_index: Vec<usize> = Vec::new();
     let mut inflight: HashMap<u32, (usize, Instant)> = HashMap::new();
     let mut avoid: HashMap<u32, usize> = HashMap::new();
     let mut last_map = libnet::time::now();
     let mut last_piece = libnet::time::now();
-    for h in &hs {
-        drop(ask(h, &map_req));
-    }
-    loop {
-        if file.borrow().complete() {
-            break;
+    let map_req = Message::MapRequest {
+        room,
+        channel: Channel::Video,
+    };
+
+    let drop_holder = |hs: &mut Vec<Holder>, stats: &mut FetchStats, k: usize| {
+        if hs[k].link != Link::Dropped {
+            hs[k].link = Link::Dropped;
+            stats.dropped.push(hs[k].label.clone());
+            if let Some(c) = hs[k].conn.take() {
+                c.abort();
+            }
         }
+    };
+    let ask = |h: &Holder, m: &Message| match (&h.conn, h.link) {
+        (Some(c), Link::Up) => send(c, m),
+        _ => Ok(()),
+    };
+
+    let result = loop {
         let now = libnet::time::now();
-        // Slow pieces: ask elsewhere.
-        let late: Vec<u32> = inflight
-            .iter()
-            .filter(|(_, (_, t))| now.duration_since(*t) > config.slow)
-            .map(|(&i, _)| i)
-            .collect();
-        for i in late {
-            if let Some((k, _)) = inflight.remove(&i) {
-                hs[k].inflight = hs[k].inflight.saturating_sub(1);
-                hs[k].strikes += 1;
-                avoid.insert(i, k);
-                if hs[k].strikes >= STRIKES {
-                    drop_holder(&mut hs, &mut stats, k);
-                }
+        // Connect waiting candidates while there is room.
+        while hs.iter().filter(|h| h.link != Link::Dropped).count() < config.max_holders.max(1) {
+            let Some((k, c)) = waiting.pop_front() else {
+                break;
+            };
+            hs[k].link = Link::Connecting;
+            let tx = tx.clone();
+            workers.push(libnet::spawn(move || connect_and_read(k, c, &tx)));
+        }
+        if let Some((_, file)) = &index {
+            let f = file.borrow();
+            if f.complete() || want.clone().all(|i| f.have(i)) {
+                break Ok(());
             }
         }
-        if now.duration_since(last_map) > Duration::from_millis(500) {
-            last_map = now;
-            for h in &hs {
-                drop(ask(h, &map_req));
-            }
-        }
-        if hs.iter().all(|h| h.conn.is_none()) {
-            return Err(io::Error::new(
+        let alive = hs.iter().any(|h| h.link != Link::Dropped) || !waiting.is_empty();
+        if !more && !alive {
+            break Err(io::Error::new(
                 io::ErrorKind::NotConnected,
-                "vod: every holder is gone",
+                if index.is_some() {
+                    "vod: every holder is gone"
+                } else {
+                    "vod: no holder has a valid index"
+                },
             ));
         }
         if now.duration_since(last_piece) > config.stall {
-            return Err(io::Error::new(
+            break Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "vod: no piece came in time",
+                if index.is_some() {
+                    "vod: no piece came in time"
+                } else {
+                    "vod: no holder sent a valid index in time"
+                },
             ));
         }
-        // Fill the window, earliest missing piece first.
-        let missing: Vec<u32> = {
-            let f = file.borrow();
-            f.missing()
-                .filter(|i| !inflight.contains_key(i))
-                .take(config.window * 4)
-                .collect()
-        };
-        let first_missing = missing.first().copied();
-        let mut asks: HashMap<usize, Vec<u64>> = HashMap::new();
-        for i in missing {
-            if inflight.len() >= config.window {
-                break;
-            }
-            let pick = (0..hs.len())
-                .filter(|&k| {
-                    // A holder that was slow gets one piece at a time.
-                    let cap = if hs[k].strikes > 0 {
-                        1
-                    } else {
-                        config.per_holder
-                    };
-                    hs[k].conn.is_some() && hs[k].has(i) && hs[k].inflight < cap
-                })
-                .min_by_key(|&k| (avoid.get(&i) == Some(&k), hs[k].inflight));
-            if let Some(k) = pick {
-                hs[k].inflight += 1;
-                inflight.insert(i, (k, now));
-                asks.entry(k).or_default().push(u64::from(i));
-            }
-        }
-        for (k, ids) in asks {
-            // 0: the player needs it next; 1: read-ahead.
-            let urgent = first_missing.is_some_and(|f| ids.contains(&u64::from(f)));
-            let m = Message::FragmentRequest {
-                room,
-                channel: Channel::Video,
-                priority: u8::from(!urgent),
-                ids,
-            };
-            if let Some(Err(_)) = ask(&hs[k], &m) {
+        // The index: from the first holder up that was not tried yet.
+        if index.is_none() {
+            if load
+                .as_ref()
+                .is_some_and(|l| now.duration_since(l.since) > INDEX_TIMEOUT)
+            {
+                let k = load.take().map_or(0, |l| l.from);
                 drop_holder(&mut hs, &mut stats, k);
             }
+            if load.as_ref().is_some_and(|l| !hs[l.from].usable()) {
+                load = None;
+            }
+            if load.is_none() {
+                if let Some(k) =
+                    (0..hs.len()).find(|&k| hs[k].usable() && !tried_index.contains(&k))
+                {
+                    tried_index.push(k);
+                    let m = Message::MetaRequest {
+                        room,
+                        key: "index/n".into(),
+                    };
+                    if ask(&hs[k], &m).is_ok() {
+                        load = Some(IndexLoad {
+                            from: k,
+                            chunks: None,
+                            since: now,
+                        });
+                    } else {
+                        drop_holder(&mut hs, &mut stats, k);
+                    }
+                }
+            }
         }
-        // Requeue what dropped holders owed.
-        inflight.retain(|_, (k, _)| hs[*k].conn.is_some());
+        if let Some((signed, file)) = &index {
+            // Slow pieces: ask elsewhere.
+            let late: Vec<u32> = inflight
+                .iter()
+                .filter(|(_, (_, t))| now.duration_since(*t) > config.slow)
+                .map(|(&i, _)| i)
+                .collect();
+            for i in late {
+                if let Some((k, _)) = inflight.remove(&i) {
+                    hs[k].inflight = hs[k].inflight.saturating_sub(1);
+                    hs[k].strikes += 1;
+                    avoid.insert(i, k);
+                    if hs[k].strikes >= STRIKES {
+                        drop_holder(&mut hs, &mut stats, k);
+                    }
+                }
+            }
+            if now.duration_since(last_map) > MAP_PERIOD {
+                last_map = now;
+                for h in &hs {
+                    drop(ask(h, &map_req));
+                }
+            }
+            // Fill the window, in playback order from the playhead.
+            let from = config
+                .playhead
+                .as_ref()
+                .map_or(0, |p| signed.index().piece_of(p.get()));
+            let missing: Vec<u32> = {
+                let f = file.borrow();
+                let ahead = f.missing().skip_while(|&i| i < from);
+                let behind = f.missing().take_while(|&i| i < from);
+                ahead
+                    .chain(behind)
+                    .filter(|i| want.contains(i) && !inflight.contains_key(i))
+                    .take(config.window * 4)
+                    .collect()
+            };
+            let first_missing = missing.first().copied();
+            let mut asks: HashMap<usize, Vec<u64>> = HashMap::new();
+            for i in missing {
+                if inflight.len() >= config.window {
+                    break;
+                }
+                let pick = (0..hs.len())
+                    .filter(|&k| {
+                        // A holder that was slow gets one piece at a time.
+                        let cap = if hs[k].strikes > 0 {
+                            1
+                        } else {
+                            config.per_holder
+                        };
+                        hs[k].usable() && hs[k].has(i) && hs[k].inflight < cap
+                    })
+                    .min_by_key(|&k| (avoid.get(&i) == Some(&k), hs[k].inflight));
+                if let Some(k) = pick {
+                    hs[k].inflight += 1;
+                    inflight.insert(i, (k, now));
+                    asks.entry(k).or_default().push(u64::from(i));
+                }
+            }
+            for (k, ids) in asks {
+                // 0: the player needs it next; 1: read-ahead.
+                let urgent = first_missing.is_some_and(|f| ids.contains(&u64::from(f)));
+                let m = Message::FragmentRequest {
+                    room,
+                    channel: Channel::Video,
+                    priority: u8::from(!urgent),
+                    ids,
+                };
+                if ask(&hs[k], &m).is_err() {
+                    drop_holder(&mut hs, &mut stats, k);
+                }
+            }
+            // Requeue what dropped holders owed.
+            inflight.retain(|_, (k, _)| hs[*k].usable());
+        }
 
         let ev = match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(ev) => ev,
             Err(RecvTimeoutError::Timeout) => continue,
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    "vod: every holder is gone",
-                ))
-            }
+            // Not while `tx` lives.
+            Err(RecvTimeoutError::Disconnected) => continue,
         };
         match ev {
+            Event::New(c) => {
+                let k = hs.len();
+                stats.holders.push(c.label.clone());
+                stats.bytes.push(0);
+                hs.push(Holder {
+                    label: c.label.clone(),
+                    link: Link::Connecting,
+                    conn: None,
+                    bits: Vec::new(),
+                    inflight: 0,
+                    strikes: 0,
+                });
+                waiting.push_back((k, c));
+            }
+            Event::NoMore => more = false,
+            Event::Up(k, conn) => {
+                if hs[k].link == Link::Connecting {
+                    hs[k].link = Link::Up;
+                    hs[k].conn = Some(conn);
+                    if ask(&hs[k], &map_req).is_err() {
+                        drop_holder(&mut hs, &mut stats, k);
+                    }
+                } else {
+                    conn.abort();
+                }
+            }
             Event::Gone(k) => drop_holder(&mut hs, &mut stats, k),
+            Event::Msg(k, Message::MetaReply { key, value, .. }) => {
+                let Some(l) = load.as_mut().filter(|l| l.from == k) else {
+                    continue;
+                };
+                match index_reply(l, &key, value) {
+                    Ok(None) => {
+                        if l.chunks
+                            .as_ref()
+                            .is_some_and(|c| c.iter().all(Option::is_none))
+                        {
+                            // Just learnt the count: ask for every chunk.
+                            let n = l.chunks.as_ref().map_or(0, Vec::len);
+                            for c in 0..n {
+                                let m = Message::MetaRequest {
+                                    room,
+                                    key: format!("index/{c}"),
+                                };
+                                if ask(&hs[k], &m).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Ok(Some(bytes)) => {
+                        load = None;
+                        match SignedIndex::from_bytes(&bytes, config.publisher) {
+                            Ok(s) if s.id() == id => {
+                                let file = match PieceFile::open_partial(path, s.index()) {
+                                    Ok(f) => Rc::new(RefCell::new(f)),
+                                    Err(e) => break Err(e),
+                                };
+                                stats.resumed = file.borrow().count();
+                                if let Some(seeder) = &config.seeder {
+                                    if let Err(e) = seeder.add(&s, file.clone()) {
+                                        break Err(e);
+                                    }
+                                }
+                                if let Some(f) = config.on_open.take() {
+                                    f(&s, &file);
+                                }
+                                last_piece = libnet::time::now();
+                                want = match config.span_ms {
+                                    Some((a, b)) => s.index().pieces_for(a, b),
+                                    None => 0..s.index().pieces(),
+                                };
+                                index = Some((s, file));
+                            }
+                            _ => drop_holder(&mut hs, &mut stats, k),
+                        }
+                    }
+                    Err(()) => {
+                        load = None;
+                        drop_holder(&mut hs, &mut stats, k);
+                    }
+                }
+            }
             Event::Msg(
                 k,
                 Message::Map {
@@ -653,6 +877,9 @@ pub fn fetch(
                     ..
                 },
             ) if r == room => {
+                let n = index
+                    .as_ref()
+                    .map_or(super::index::MAX_PIECES, |(s, _)| s.index().pieces());
                 for (b, byte) in bits.iter().enumerate() {
                     for bit in 0..8 {
                         let i = first + (b * 8 + bit) as u64;
@@ -680,12 +907,33 @@ pub fn fetch(
                     room: r, id, data, ..
                 },
             ) if r == room => {
+                let Some((_, file)) = &index else { continue };
                 let Ok(i) = u32::try_from(id) else { continue };
-                if inflight.get(&i).is_some_and(|(o, _)| *o == k) {
-                    inflight.remove(&i);
-                    hs[k].inflight = hs[k].inflight.saturating_sub(1);
+                // Whoever else was asked for it need not send it.
+                let mut others = Vec::new();
+                match inflight.remove(&i) {
+                    Some((o, _)) if o == k => hs[k].inflight = hs[k].inflight.saturating_sub(1),
+                    Some((o, _)) => {
+                        hs[o].inflight = hs[o].inflight.saturating_sub(1);
+                        others.push(o);
+                    }
+                    None => {}
+                }
+                if let Some(a) = avoid.remove(&i) {
+                    if a != k {
+                        others.push(a);
+                    }
+                }
+                for o in others {
+                    let m = Message::Cancel {
+                        room,
+                        channel: Channel::Video,
+                        ids: vec![id],
+                    };
+                    drop(ask(&hs[o], &m));
                 }
                 if file.borrow().have(i) {
+                    stats.duplicates += 1;
                     continue;
                 }
                 let r = file.borrow_mut().write(i, &data);
@@ -694,7 +942,6 @@ pub fn fetch(
                         stats.bytes[k] += data.len() as u64;
                         hs[k].strikes = 0;
                         last_piece = libnet::time::now();
-                        avoid.remove(&i);
                         let (c, total) = {
                             let f = file.borrow();
                             (f.contiguous_bytes(), f.index().size)
@@ -706,7 +953,7 @@ pub fn fetch(
                             p(c, total);
                         }
                     }
-                    Err(super::PieceError::Io(e)) => return Err(e),
+                    Err(super::PieceError::Io(e)) => break Err(e),
                     Err(_) => {
                         stats.bad_pieces += 1;
                         drop_holder(&mut hs, &mut stats, k);
@@ -716,67 +963,103 @@ pub fn fetch(
             }
             Event::Msg(..) => {}
         }
-    }
+    };
     for h in &mut hs {
         if let Some(c) = h.conn.take() {
             c.close();
         }
     }
+    drop(tx);
     drop(rx);
-    drop(libnet::join_all(readers));
+    // The feeder ends when the caller drops its sender, the workers when
+    // their connection or the event channel ends.
+    drop(feeder);
+    drop(workers);
     stats.total = start.elapsed();
+    result?;
+    let (signed, _) = index.ok_or_else(|| invalid("vod: no index".into()))?;
     Ok((signed, stats))
 }
 
-/// The signed index from holder `k`: the chunk count, then each chunk;
-/// `None` if it does not answer in time or its copy does not verify. Other
-/// holders found gone meanwhile are added to `gone`.
-fn index_from(
-    h: &Holder,
-    k: usize,
-    room: RoomId,
-    rx: &Receiver<Event>,
-    publisher: Option<[u8; PUBLIC_LEN]>,
+/// [`fetch`] from holders reachable straight at `holders` (labelled by
+/// their addresses, in this order).
+pub fn fetch_from(
+    socket: &Rc<RudpSocket>,
+    holders: &[SocketAddr],
     id: [u8; 32],
-    gone: &mut Vec<usize>,
-) -> Option<SignedIndex> {
-    let conn = h.conn.as_ref()?;
-    let mut get = |key: String| -> Option<Vec<u8>> {
-        send(
-            conn,
-            &Message::MetaRequest {
-                room,
-                key: key.clone(),
-            },
-        )
-        .ok()?;
-        let deadline = libnet::time::now() + Duration::from_secs(5);
-        loop {
-            let left = deadline.checked_duration_since(libnet::time::now())?;
-            match rx.recv_timeout(left).ok()? {
-                Event::Msg(
-                    j,
-                    Message::MetaReply {
-                        key: got, value, ..
-                    },
-                ) if j == k && got == key => return value,
-                Event::Gone(j) if j == k => return None,
-                Event::Gone(j) => gone.push(j),
-                Event::Msg(..) => {}
-            }
+    path: &Path,
+    config: FetchConfig,
+) -> io::Result<(SignedIndex, FetchStats)> {
+    let (tx, rx) = channel(holders.len().max(1));
+    for &a in holders {
+        tx.try_send(Candidate::direct(socket.clone(), a))
+            .map_err(|_| invalid("vod: candidate queue".into()))?;
+    }
+    drop(tx);
+    fetch(rx, id, path, config)
+}
+
+/// Connects candidate `k` and passes on what the holder sends, then
+/// `Gone`.
+fn connect_and_read(k: usize, c: Candidate, tx: &libnet::sync::Sender<Event>) {
+    let conn = match (c.connect)() {
+        Ok(conn) => Rc::new(conn),
+        Err(e) => {
+            log::info!("vod: cannot reach holder {}: {e}", c.label);
+            drop(tx.send(Event::Gone(k)));
+            return;
         }
     };
-    let count = get("index/n".into())?;
-    let count = u32::from_be_bytes(count.try_into().ok()?);
-    if count as usize > super::index::MAX_SIGNED_LEN / INDEX_CHUNK + 1 {
-        return None;
+    if tx.send(Event::Up(k, conn.clone())).is_err() {
+        conn.abort();
+        return;
     }
-    let mut bytes = Vec::new();
-    for c in 0..count {
-        bytes.extend(get(format!("index/{c}"))?);
+    while let Ok(Some(f)) = conn.recv() {
+        match Message::decode_frame(&f) {
+            Ok(m) => {
+                if tx.send(Event::Msg(k, m)).is_err() {
+                    return;
+                }
+            }
+            Err(_) => break,
+        }
     }
-    let s = SignedIndex::from_bytes(&bytes, publisher).ok()?;
-    (s.id() == id).then_some(s)
+    drop(tx.send(Event::Gone(k)));
+}
+
+/// Takes one `MetaReply` of an index being loaded: `Ok(Some(bytes))` once
+/// every chunk came, `Ok(None)` while more are due, `Err` for an answer
+/// that cannot be right (no such file, a bad count, an unasked chunk).
+fn index_reply(
+    l: &mut IndexLoad,
+    key: &str,
+    value: Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, ()> {
+    let value = value.ok_or(())?;
+    match (key.strip_prefix("index/"), &mut l.chunks) {
+        (Some("n"), None) => {
+            let n = u32::from_be_bytes(value.try_into().map_err(|_| ())?) as usize;
+            if n == 0 || n > super::index::MAX_SIGNED_LEN / INDEX_CHUNK + 1 {
+                return Err(());
+            }
+            l.chunks = Some(vec![None; n]);
+            Ok(None)
+        }
+        (Some(c), Some(chunks)) => {
+            let c: usize = c.parse().map_err(|_| ())?;
+            let slot = chunks.get_mut(c).ok_or(())?;
+            if value.len() > INDEX_CHUNK {
+                return Err(());
+            }
+            *slot = Some(value);
+            if chunks.iter().all(Option::is_some) {
+                Ok(Some(chunks.iter().flatten().flatten().copied().collect()))
+            } else {
+                Ok(None)
+            }
+        }
+        _ => Err(()),
+    }
 }
 
 #[cfg(test)]
@@ -812,7 +1095,8 @@ mod tests {
     #[test]
     fn holder_bits() {
         let mut h = Holder {
-            addr: "127.0.0.1:1".parse().expect("addr"),
+            label: "h".into(),
+            link: Link::Up,
             conn: None,
             bits: Vec::new(),
             inflight: 0,

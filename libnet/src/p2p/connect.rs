@@ -11,15 +11,19 @@
 //!  failed: relay::open(edge, token) ──► edge pairs the token ◄── relay::open(edge, token)
 //! ```
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
-use super::client::{peer_addrs, punch, TrackerClient};
+use super::client::{peer_addrs, punch, ProbeRouter, TrackerClient};
 use super::wire::Message;
 use super::{NodeId, NodeInfo, RoomId};
 use crate::nat::punch::Config as PunchConfig;
 use crate::rudp::{RudpConnection, RudpSocket};
+use crate::sync::{oneshot, Sender};
 
 /// Which way a [`PeerConn`] goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,4 +196,147 @@ fn relayed(
         path: Path::Relayed(relay),
         peer: to,
     })
+}
+
+/// The punching side of a node registered with one tracker, for nodes that
+/// run several attempts at once on one RUDP socket (each attempt's probes
+/// come from a shared [`ProbeRouter`], whose `route` the caller runs in a
+/// coroutine of its own) and answer other nodes' attempts.
+///
+/// [`Puncher::dispatch`] must run (in a coroutine of its own) for
+/// [`Puncher::connect`] to hear the tracker's introductions: it hands each
+/// `PunchNotify` to the attempt it answers and passes the others — nodes
+/// that want to reach us — to the caller, who answers them with
+/// [`Puncher::answer`]. No relay here: a caller with one falls back to
+/// [`super::relay::open`] itself.
+pub struct Puncher {
+    tracker: Rc<TrackerClient>,
+    router: Rc<ProbeRouter>,
+    me: NodeId,
+    opts: Options,
+    /// Our attempts waiting for their introduction, by token.
+    waiting: RefCell<HashMap<u64, oneshot::Sender<NodeInfo>>>,
+}
+
+/// Attempts of our own waiting for the tracker at once; more fail at once.
+const MAX_WAITING: usize = 256;
+
+impl Puncher {
+    /// A puncher for node `me`, registered with `tracker`, whose probes
+    /// come through `router`.
+    pub fn new(
+        tracker: Rc<TrackerClient>,
+        router: Rc<ProbeRouter>,
+        me: NodeId,
+        opts: Options,
+    ) -> Puncher {
+        Puncher {
+            tracker,
+            router,
+            me,
+            opts,
+            waiting: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The tracker it punches through.
+    pub fn tracker(&self) -> &Rc<TrackerClient> {
+        &self.tracker
+    }
+
+    /// Routes the tracker's notifications until its connection ends (the
+    /// error says why): an introduction answering one of our attempts goes
+    /// to it, any other introduction (`peer`, `token`) to `incoming`
+    /// (dropped when `incoming` is full or closed: the peer's attempt then
+    /// times out). Other notifications are logged and dropped.
+    pub fn dispatch(&self, incoming: &Sender<(NodeInfo, u64)>) -> io::Error {
+        loop {
+            match self.tracker.next_notification(None) {
+                Ok(Message::PunchNotify { peer, token }) => {
+                    let waiter = self.waiting.borrow_mut().remove(&token);
+                    match waiter {
+                        Some(w) => {
+                            let _ = w.send(peer);
+                        }
+                        None => {
+                            if incoming.try_send((peer, token)).is_err() {
+                                log::debug!("punch: dropped an introduction (busy)");
+                            }
+                        }
+                    }
+                }
+                Ok(Message::PunchResult {
+                    token, ok: false, ..
+                }) => {
+                    // The peer is not there: fail the attempt at once.
+                    drop(self.waiting.borrow_mut().remove(&token));
+                }
+                Ok(other) => log::debug!("punch: ignoring {} from the tracker", other.name()),
+                Err(e) => {
+                    // Fails every attempt still waiting.
+                    self.waiting.borrow_mut().clear();
+                    return e;
+                }
+            }
+        }
+    }
+
+    /// Reaches node `to` of `room`: asks the tracker to introduce us, then
+    /// punches. Returns the peer as the tracker describes it and the
+    /// address that works both ways (connect to it with RUDP).
+    pub fn connect(&self, to: NodeId, room: RoomId) -> io::Result<(NodeInfo, SocketAddr)> {
+        let token = crate::rand::random_u64();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiting = self.waiting.borrow_mut();
+            if waiting.len() >= MAX_WAITING {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "too many punch attempts waiting for the tracker",
+                ));
+            }
+            waiting.insert(token, tx);
+        }
+        // Removed however this ends.
+        let _gone = Forget(&self.waiting, token);
+        self.tracker.punch_request(self.me, to, room, token)?;
+        let peer = match rx.recv_timeout(self.opts.notify) {
+            Ok(p) => p,
+            Err(crate::sync::RecvTimeoutError::Timeout) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the tracker did not introduce the peer in time",
+                ))
+            }
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the tracker cannot reach that peer (gone, or not in that room)",
+                ))
+            }
+        };
+        let addr = self
+            .router
+            .punch(self.me, peer_addrs(&peer), token, self.opts.punch)?;
+        Ok((peer, addr))
+    }
+
+    /// Answers an introduction passed on by [`Puncher::dispatch`]: asks
+    /// the tracker to introduce us back and punches. Returns the address
+    /// that works both ways; the peer then connects to us with RUDP.
+    pub fn answer(&self, peer: &NodeInfo, token: u64) -> io::Result<SocketAddr> {
+        self.tracker
+            .punch_request(self.me, peer.id, peer.room, token)?;
+        self.router
+            .punch(self.me, peer_addrs(peer), token, self.opts.punch)
+    }
+}
+
+/// Removes an attempt's waiter when dropped.
+struct Forget<'a>(&'a RefCell<HashMap<u64, oneshot::Sender<NodeInfo>>>, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.borrow_mut().remove(&self.1);
+    }
 }
