@@ -211,3 +211,30 @@ pub fn json_number(json: &str, name: &str) -> Option<f64> {
     let end = rest.find([',', '}']).unwrap_or(rest.len());
     rest[..end].trim().parse().ok()
 }
+
+/// Makes `secs` seconds of a test pattern as MPEG-TS at `mbps` Mbit/s
+/// constant rate, one key frame a second, with the ffmpeg program; `false`
+/// (after saying so) when there is none, outside CI (in CI: a panic).
+pub fn test_media(path: &Path, secs: u32, mbps: u32) -> bool {
+    let rate = format!("{mbps}M");
+    let buf = format!("{}M", mbps.div_ceil(2));
+    let made = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=640x360:rate=25"])
+        .args(["-t", &secs.to_string(), "-c:v", "mpeg2video", "-b:v", &rate])
+        .args(["-maxrate", &rate, "-minrate", &rate, "-bufsize", &buf])
+        .args(["-g", "25", "-f", "mpegts"])
+        .arg(path)
+        .status();
+    match made {
+        Ok(s) if s.success() => true,
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "ffmpeg cannot make the test media: {other:?}"
+            );
+            eprintln!("SKIPPED: the ffmpeg program cannot make the test media ({other:?})");
+            false
+        }
+    }
+}

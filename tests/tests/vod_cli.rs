@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use libnet_tests::apps::{build_apps, Proc};
+use libnet_tests::apps::{build_apps, test_media, Proc};
 use libnet_tests::netlab::output_within;
 
 /// Ports from here: tracker TCP, UDP, UDP alt; base + 9 has no tracker.
@@ -23,30 +23,6 @@ fn dir() -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d
-}
-
-/// ~12 s of the test pattern as MPEG-TS at ~4 Mbit/s (~6 MB), made by the
-/// ffmpeg program; `false` (after saying so) when there is none, outside CI.
-fn media(path: &Path) -> bool {
-    let made = Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=640x360:rate=25"])
-        .args(["-t", "12", "-c:v", "mpeg2video", "-b:v", "4M"])
-        .args(["-maxrate", "4M", "-minrate", "4M", "-bufsize", "2M"])
-        .args(["-g", "25", "-f", "mpegts"])
-        .arg(path)
-        .status();
-    match made {
-        Ok(s) if s.success() => true,
-        other => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "ffmpeg cannot make the test media: {other:?}"
-            );
-            eprintln!("SKIPPED: the ffmpeg program cannot make the test media ({other:?})");
-            false
-        }
-    }
 }
 
 /// Runs `vod ARGS` to its end (within 60 s).
@@ -64,7 +40,8 @@ fn text(b: &[u8]) -> String {
 fn share_list_fetch_and_errors() {
     let d = dir();
     let movie = d.join("movie.ts");
-    if !media(&movie) {
+    // ~12 s at 4 Mbit/s: ~6 MB.
+    if !test_media(&movie, 12, 4) {
         return;
     }
     let original = std::fs::read(&movie).expect("media");
