@@ -514,3 +514,74 @@ fn pieces_over_one_message_are_not_served() {
         })
     });
 }
+
+#[test]
+fn the_playhead_comes_first_and_a_span_fetches_only_its_pieces() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    bounded(LIMIT, || {
+        run_on(1, || {
+            let d = dir("seek");
+            // 100 pieces, 60 s (no time map: linear); one holder at 1 MB/s
+            // (~16 pieces a second).
+            let o = original(&d, 100 * PIECE);
+            let a = capped(&o, &d, "a", 1_000_000);
+            let index = o.signed.index().clone();
+
+            // A player at 45 s: pieces from 75 on come first.
+            let playhead = Rc::new(Cell::new(index.offset_at(45_000)));
+            let opened: Rc<RefCell<Option<Rc<RefCell<PieceFile>>>>> = Rc::default();
+            let job = {
+                let (id, out, hs) = (o.signed.id(), d.join("seek.ts"), vec![a.addr]);
+                let (playhead, opened) = (playhead.clone(), opened.clone());
+                libnet::spawn(move || {
+                    let config = FetchConfig {
+                        playhead: Some(playhead),
+                        on_open: Some(Box::new(move |_, f| *opened.borrow_mut() = Some(f.clone()))),
+                        ..FetchConfig::default()
+                    };
+                    fetch_from(&socket(), &hs, id, &out, config)
+                        .expect("fetch")
+                        .1
+                })
+            };
+            let held = |r: std::ops::Range<u32>| -> usize {
+                let f = opened.borrow().clone();
+                f.map_or(0, |f| r.filter(|&i| f.borrow().have(i)).count())
+            };
+            while held(75..100) < 10 {
+                sleep(Duration::from_millis(20));
+            }
+            assert_eq!(held(0..75), 0, "nothing before the playhead yet");
+            // A seek back to 6 s: the pieces there come next.
+            playhead.set(index.offset_at(6_000));
+            let before = held(75..100);
+            while held(10..14) < 4 {
+                sleep(Duration::from_millis(20));
+            }
+            assert!(
+                held(75..100) <= before + 10,
+                "after the seek, at most what was in flight came from the old place"
+            );
+            let stats = job.join().expect("fetch");
+            assert_same(&o, &d.join("seek.ts"));
+            eprintln!("seek: {stats:?}");
+
+            // A span: 30–45 s only.
+            let want = index.pieces_for(30_000, 45_000);
+            assert_eq!(want, 50..75);
+            let out = d.join("span.ts");
+            let config = FetchConfig {
+                span_ms: Some((30_000, 45_000)),
+                ..FetchConfig::default()
+            };
+            let (_, stats) =
+                fetch_from(&socket(), &[a.addr], o.signed.id(), &out, config).expect("span fetch");
+            assert_eq!(stats.bytes[0], (want.len() * PIECE) as u64);
+            let part = PieceFile::open_partial(&out, &index).expect("the part file");
+            let held: Vec<u32> = (0..index.pieces()).filter(|&i| part.have(i)).collect();
+            assert_eq!(held, want.collect::<Vec<_>>(), "exactly the span's pieces");
+            assert!(p2p_apps::vod::pieces::part_path(&out).exists());
+            drop(std::fs::remove_dir_all(&d));
+        })
+    });
+}

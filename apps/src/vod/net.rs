@@ -213,70 +213,79 @@ impl Seeder {
         self.inner.sent.get()
     }
 
-    /// One connection: a reader coroutine queues work, this one answers in
-    /// order (the only sender on `conn`). The piece ids queued are kept in
-    /// a set (at most [`QUEUE`]) so that a `Cancel` can take them back
+    /// One connection: a reader coroutine takes requests, this one answers
+    /// (the only sender on `conn`). Index and map requests are answered in
+    /// order; piece ids wait in a [`Pieces`] queue (at most [`QUEUE`]),
+    /// urgent ones (priority 0) first, where a `Cancel` can take them back
     /// before their turn.
     fn serve(&self, conn: Rc<RudpConnection>) {
         let (tx, rx) = channel::<Message>(QUEUE * 2);
-        let queued: Rc<RefCell<HashSet<(RoomId, u64)>>> = Rc::default();
+        let queue: Rc<RefCell<Pieces>> = Rc::default();
         let reader = {
             let conn = conn.clone();
-            let queued = queued.clone();
+            let queue = queue.clone();
             libnet::spawn(move || {
                 while let Ok(Some(f)) = conn.recv() {
-                    let Ok(mut m) = Message::decode_frame(&f) else {
+                    let Ok(m) = Message::decode_frame(&f) else {
                         break;
                     };
-                    match &mut m {
-                        Message::FragmentRequest { room, ids, .. } => {
-                            let room = *room;
-                            let mut q = queued.borrow_mut();
-                            let mut over = Vec::new();
-                            ids.retain(|&id| {
-                                if q.contains(&(room, id)) {
-                                    false
-                                } else if q.len() < QUEUE {
-                                    q.insert((room, id));
-                                    true
-                                } else {
-                                    over.push(id);
-                                    false
+                    let m = match m {
+                        Message::FragmentRequest {
+                            room,
+                            priority,
+                            ids,
+                            ..
+                        } => {
+                            let over = queue.borrow_mut().add(room, &ids, priority == 0);
+                            if over.is_empty() {
+                                // Wakes the writer if it waits.
+                                Message::FragmentRequest {
+                                    room,
+                                    channel: Channel::Video,
+                                    priority,
+                                    ids: Vec::new(),
                                 }
-                            });
-                            drop(q);
-                            if !over.is_empty() {
-                                let missing = Message::FragmentMissing {
+                            } else {
+                                Message::FragmentMissing {
                                     room,
                                     channel: Channel::Video,
                                     ids: over,
-                                };
-                                if tx.send(missing).is_err() {
-                                    break;
                                 }
                             }
                         }
                         Message::Cancel { room, ids, .. } => {
-                            let mut q = queued.borrow_mut();
-                            for id in ids.iter() {
-                                q.remove(&(*room, *id));
-                            }
+                            queue.borrow_mut().cancel(room, &ids);
                             continue;
                         }
-                        _ => {}
-                    }
+                        other => other,
+                    };
                     if tx.send(m).is_err() {
                         break;
                     }
                 }
             })
         };
-        while let Ok(m) = rx.recv() {
+        loop {
+            // Requests first (small answers), then one piece at a time.
+            let m = match rx.try_recv() {
+                Ok(Some(m)) => Some(m),
+                Ok(None) => None,
+                Err(_) => break,
+            };
             let r = match m {
-                Message::FragmentRequest { room, ids, .. } => {
-                    self.pieces(&conn, room, &ids, &queued)
+                Some(Message::FragmentRequest { .. }) => Ok(()),
+                Some(other) => self.answer(&conn, other),
+                None => {
+                    let next = queue.borrow_mut().next();
+                    match next {
+                        Some((room, id)) => self.piece(&conn, room, id),
+                        None => match rx.recv() {
+                            Ok(Message::FragmentRequest { .. }) => Ok(()),
+                            Ok(other) => self.answer(&conn, other),
+                            Err(_) => break,
+                        },
+                    }
                 }
-                other => self.answer(&conn, other),
             };
             if r.is_err() {
                 break;
@@ -339,73 +348,116 @@ impl Seeder {
         }
     }
 
-    /// Sends the pieces asked for that are still queued (not cancelled).
-    fn pieces(
-        &self,
-        conn: &RudpConnection,
-        room: RoomId,
-        ids: &[u64],
-        queued: &RefCell<HashSet<(RoomId, u64)>>,
-    ) -> io::Result<()> {
-        let mut missing = Vec::new();
-        for &id in ids {
-            if !queued.borrow_mut().remove(&(room, id)) {
-                // Cancelled.
-                continue;
-            }
-            let piece = {
-                let files = self.inner.files.borrow();
-                files.get(&room).and_then(|s| {
-                    u32::try_from(id)
-                        .ok()
-                        .and_then(|i| s.file.borrow().read(i).ok())
-                })
-            };
-            let Some(mut data) = piece else {
-                missing.push(id);
-                continue;
-            };
-            if let Some(b) = &self.inner.bucket {
-                let wait = b.borrow_mut().take(data.len(), libnet::time::now());
-                if !wait.is_zero() {
-                    sleep(wait);
-                }
-            }
-            if self.inner.corrupt {
-                if let Some(x) = data.first_mut() {
-                    *x ^= 0xFF;
-                }
-            }
-            self.inner
-                .sent
-                .set(self.inner.sent.get() + data.len() as u64);
-            let m = Message::Fragment {
-                room,
-                channel: Channel::Video,
-                id,
-                timestamp: 0,
-                data,
-            };
-            send(conn, &m)?;
-        }
-        if !missing.is_empty() {
+    /// Sends piece `id` of `room`, or `FragmentMissing` if it is not held.
+    fn piece(&self, conn: &RudpConnection, room: RoomId, id: u64) -> io::Result<()> {
+        let piece = {
+            let files = self.inner.files.borrow();
+            files.get(&room).and_then(|s| {
+                u32::try_from(id)
+                    .ok()
+                    .and_then(|i| s.file.borrow().read(i).ok())
+            })
+        };
+        let Some(mut data) = piece else {
             let m = Message::FragmentMissing {
                 room,
                 channel: Channel::Video,
-                ids: missing,
+                ids: vec![id],
             };
-            send(conn, &m)?;
+            return send(conn, &m);
+        };
+        if let Some(b) = &self.inner.bucket {
+            let wait = b.borrow_mut().take(data.len(), libnet::time::now());
+            if !wait.is_zero() {
+                sleep(wait);
+            }
         }
-        Ok(())
+        if self.inner.corrupt {
+            if let Some(x) = data.first_mut() {
+                *x ^= 0xFF;
+            }
+        }
+        self.inner
+            .sent
+            .set(self.inner.sent.get() + data.len() as u64);
+        let m = Message::Fragment {
+            room,
+            channel: Channel::Video,
+            id,
+            timestamp: 0,
+            data,
+        };
+        send(conn, &m)
     }
 }
 
-/// Slow pieces in a row after which a holder is dropped.
+/// The piece ids one connection asked for and was not sent yet, in the
+/// order to send them: urgent ones go first. At most [`QUEUE`].
+#[derive(Default)]
+struct Pieces {
+    order: std::collections::VecDeque<(RoomId, u64)>,
+    set: HashSet<(RoomId, u64)>,
+}
+
+impl Pieces {
+    /// Queues `ids` (those already queued stay where they are, but an
+    /// urgent one moves to the front); returns those that do not fit.
+    fn add(&mut self, room: RoomId, ids: &[u64], urgent: bool) -> Vec<u64> {
+        let mut over = Vec::new();
+        let mut front = Vec::new();
+        for &id in ids {
+            let key = (room, id);
+            if self.set.contains(&key) {
+                if urgent {
+                    self.order.retain(|k| *k != key);
+                    front.push(key);
+                }
+            } else if self.set.len() < QUEUE {
+                self.set.insert(key);
+                if urgent {
+                    front.push(key);
+                } else {
+                    self.order.push_back(key);
+                }
+            } else {
+                over.push(id);
+            }
+        }
+        for key in front.into_iter().rev() {
+            self.order.push_front(key);
+        }
+        over
+    }
+
+    /// Takes `ids` back.
+    fn cancel(&mut self, room: RoomId, ids: &[u64]) {
+        let before = self.set.len();
+        for &id in ids {
+            self.set.remove(&(room, id));
+        }
+        if self.set.len() != before {
+            let set = &self.set;
+            self.order.retain(|k| set.contains(k));
+        }
+    }
+
+    fn next(&mut self) -> Option<(RoomId, u64)> {
+        let key = self.order.pop_front()?;
+        self.set.remove(&key);
+        Some(key)
+    }
+}
+
+/// Pieces a holder sat on (sending nothing for `slow`) since its last good
+/// one, after which it is dropped.
 const STRIKES: u32 = 3;
 /// Time a holder has to send the whole signed index.
 const INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often every holder is asked for its map again.
 const MAP_PERIOD: Duration = Duration::from_millis(500);
+/// The piece the player waits for, in flight this long, is asked of
+/// another holder that has room.
+const URGENT_AFTER: Duration = Duration::from_secs(1);
 
 /// A holder to fetch from, connected on demand: [`fetch`] runs `connect`
 /// in a coroutine of its own (so slow connects, e.g. punches, overlap).
@@ -536,7 +588,9 @@ struct Holder {
     conn: Option<Rc<RudpConnection>>,
     bits: Vec<u8>,
     inflight: usize,
-    /// Pieces it was too slow with since its last good one.
+    /// Since when it owes pieces without sending one (`None`: owes none).
+    waiting: Option<Instant>,
+    /// Times it was too slow since its last good piece.
     strikes: u32,
 }
 
@@ -701,19 +755,70 @@ pub fn fetch(
             }
         }
         if let Some((signed, file)) = &index {
-            // Slow pieces: ask elsewhere.
-            let late: Vec<u32> = inflight
-                .iter()
-                .filter(|(_, (_, t))| now.duration_since(*t) > config.slow)
-                .map(|(&i, _)| i)
-                .collect();
-            for i in late {
-                if let Some((k, _)) = inflight.remove(&i) {
-                    hs[k].inflight = hs[k].inflight.saturating_sub(1);
-                    hs[k].strikes += 1;
-                    avoid.insert(i, k);
+            // A holder that owes pieces and sent none for `slow`: what it
+            // owes is cancelled there and asked elsewhere; a strike.
+            for k in 0..hs.len() {
+                let quiet = hs[k]
+                    .waiting
+                    .is_some_and(|t| now.duration_since(t) > config.slow);
+                if quiet {
+                    // A strike for each piece it sat on.
+                    hs[k].strikes += hs[k].inflight.max(1) as u32;
+                    take_back(&mut hs, &mut inflight, Some(&mut avoid), room, |_, o| {
+                        o == k
+                    });
                     if hs[k].strikes >= STRIKES {
                         drop_holder(&mut hs, &mut stats, k);
+                    }
+                }
+            }
+            let from = config
+                .playhead
+                .as_ref()
+                .map_or(0, |p| signed.index().piece_of(p.get()));
+            let order: Vec<u32> = {
+                let f = file.borrow();
+                let ahead = f.missing().skip_while(|&i| i < from);
+                let behind = f.missing().take_while(|&i| i < from);
+                ahead
+                    .chain(behind)
+                    .filter(|i| want.contains(i))
+                    .take(config.window * 4)
+                    .collect()
+            };
+            // Pieces wanted soon ahead of the playhead that nobody is asked
+            // for, while pieces outside them are in flight (a seek): take
+            // those back, so the holders send what the player needs.
+            let soon: HashSet<u32> = order
+                .iter()
+                .take(config.window)
+                .take_while(|&&i| i >= from)
+                .copied()
+                .collect();
+            let askable = |i: u32| hs.iter().any(|h| h.usable() && h.has(i));
+            if soon
+                .iter()
+                .any(|&i| !inflight.contains_key(&i) && askable(i))
+                && inflight.keys().any(|i| !soon.contains(i))
+            {
+                take_back(&mut hs, &mut inflight, None, room, |i, _| {
+                    !soon.contains(&i)
+                });
+            }
+            // The piece the player waits for, slow at its holder while
+            // another could send it: cancelled there, asked elsewhere.
+            if let Some(&i) = order.first() {
+                if let Some(&(k, t)) = inflight.get(&i) {
+                    let other = (0..hs.len()).any(|j| {
+                        j != k
+                            && hs[j].usable()
+                            && hs[j].has(i)
+                            && hs[j].inflight < config.per_holder
+                    });
+                    if other && now.duration_since(t) > URGENT_AFTER {
+                        take_back(&mut hs, &mut inflight, Some(&mut avoid), room, |p, _| {
+                            p == i
+                        });
                     }
                 }
             }
@@ -724,21 +829,11 @@ pub fn fetch(
                 }
             }
             // Fill the window, in playback order from the playhead.
-            let from = config
-                .playhead
-                .as_ref()
-                .map_or(0, |p| signed.index().piece_of(p.get()));
-            let missing: Vec<u32> = {
-                let f = file.borrow();
-                let ahead = f.missing().skip_while(|&i| i < from);
-                let behind = f.missing().take_while(|&i| i < from);
-                ahead
-                    .chain(behind)
-                    .filter(|i| want.contains(i) && !inflight.contains_key(i))
-                    .take(config.window * 4)
-                    .collect()
-            };
-            let first_missing = missing.first().copied();
+            let first_needed = order.first().copied();
+            let missing: Vec<u32> = order
+                .into_iter()
+                .filter(|i| !inflight.contains_key(i))
+                .collect();
             let mut asks: HashMap<usize, Vec<u64>> = HashMap::new();
             for i in missing {
                 if inflight.len() >= config.window {
@@ -757,13 +852,15 @@ pub fn fetch(
                     .min_by_key(|&k| (avoid.get(&i) == Some(&k), hs[k].inflight));
                 if let Some(k) = pick {
                     hs[k].inflight += 1;
+                    hs[k].waiting.get_or_insert(now);
                     inflight.insert(i, (k, now));
                     asks.entry(k).or_default().push(u64::from(i));
                 }
             }
             for (k, ids) in asks {
+                log::debug!("vod: asking {} for {ids:?}", hs[k].label);
                 // 0: the player needs it next; 1: read-ahead.
-                let urgent = first_missing.is_some_and(|f| ids.contains(&u64::from(f)));
+                let urgent = first_needed.is_some_and(|f| ids.contains(&u64::from(f)));
                 let m = Message::FragmentRequest {
                     room,
                     channel: Channel::Video,
@@ -795,6 +892,7 @@ pub fn fetch(
                     conn: None,
                     bits: Vec::new(),
                     inflight: 0,
+                    waiting: None,
                     strikes: 0,
                 });
                 waiting.push_back((k, c));
@@ -900,6 +998,7 @@ pub fn fetch(
                         hs[k].inflight = hs[k].inflight.saturating_sub(1);
                     }
                 }
+                hs[k].waiting = (hs[k].inflight > 0).then_some(libnet::time::now());
             }
             Event::Msg(
                 k,
@@ -909,16 +1008,22 @@ pub fn fetch(
             ) if r == room => {
                 let Some((_, file)) = &index else { continue };
                 let Ok(i) = u32::try_from(id) else { continue };
+                log::debug!("vod: piece {i} from {}", hs[k].label);
                 // Whoever else was asked for it need not send it.
                 let mut others = Vec::new();
                 match inflight.remove(&i) {
                     Some((o, _)) if o == k => hs[k].inflight = hs[k].inflight.saturating_sub(1),
                     Some((o, _)) => {
                         hs[o].inflight = hs[o].inflight.saturating_sub(1);
+                        if hs[o].inflight == 0 {
+                            hs[o].waiting = None;
+                        }
                         others.push(o);
                     }
                     None => {}
                 }
+                // It sent something: its wait starts again.
+                hs[k].waiting = (hs[k].inflight > 0).then_some(libnet::time::now());
                 if let Some(a) = avoid.remove(&i) {
                     if a != k {
                         others.push(a);
@@ -979,6 +1084,45 @@ pub fn fetch(
     result?;
     let (signed, _) = index.ok_or_else(|| invalid("vod: no index".into()))?;
     Ok((signed, stats))
+}
+
+/// Takes back the pieces in flight that `which(piece, holder)` picks:
+/// cancelled at their holder, to be asked for again — elsewhere first when
+/// `avoid` records the holder.
+fn take_back(
+    hs: &mut [Holder],
+    inflight: &mut HashMap<u32, (usize, Instant)>,
+    mut avoid: Option<&mut HashMap<u32, usize>>,
+    room: RoomId,
+    which: impl Fn(u32, usize) -> bool,
+) {
+    let mut by: HashMap<usize, Vec<u64>> = HashMap::new();
+    inflight.retain(|&i, &mut (k, _)| {
+        if !which(i, k) {
+            return true;
+        }
+        by.entry(k).or_default().push(u64::from(i));
+        if let Some(a) = avoid.as_deref_mut() {
+            a.insert(i, k);
+        }
+        false
+    });
+    for (k, ids) in by {
+        log::debug!("vod: taking back {ids:?} from {}", hs[k].label);
+        let h = &mut hs[k];
+        h.inflight = h.inflight.saturating_sub(ids.len());
+        if h.inflight == 0 {
+            h.waiting = None;
+        }
+        if let (Some(c), Link::Up) = (&h.conn, h.link) {
+            let m = Message::Cancel {
+                room,
+                channel: Channel::Video,
+                ids,
+            };
+            drop(send(c, &m));
+        }
+    }
 }
 
 /// [`fetch`] from holders reachable straight at `holders` (labelled by
@@ -1093,6 +1237,23 @@ mod tests {
     }
 
     #[test]
+    fn urgent_pieces_go_first_and_cancelled_ones_never() {
+        let mut q = Pieces::default();
+        assert!(q.add(1, &[1, 2, 3], false).is_empty());
+        assert!(q.add(1, &[9, 3], true).is_empty(), "3 moves up with 9");
+        q.cancel(1, &[2, 9]);
+        q.cancel(2, &[1]);
+        let order: Vec<u64> = std::iter::from_fn(|| q.next()).map(|(_, id)| id).collect();
+        assert_eq!(order, vec![3, 1]);
+        // Bounded: what does not fit is handed back.
+        let ids: Vec<u64> = (0..QUEUE as u64 + 5).collect();
+        let over = q.add(1, &ids, false);
+        assert_eq!(over, (QUEUE as u64..QUEUE as u64 + 5).collect::<Vec<_>>());
+        assert_eq!(q.set.len(), QUEUE);
+        assert_eq!(q.order.len(), QUEUE);
+    }
+
+    #[test]
     fn holder_bits() {
         let mut h = Holder {
             label: "h".into(),
@@ -1100,6 +1261,7 @@ mod tests {
             conn: None,
             bits: Vec::new(),
             inflight: 0,
+            waiting: None,
             strikes: 0,
         };
         assert!(!h.has(9));
