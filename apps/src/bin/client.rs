@@ -26,14 +26,15 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use libnet::p2p::client::{peer_addrs, whoami_rudp, Hello, ProbeRouter, TrackerClient};
+use libnet::p2p::client::{whoami_rudp, Hello, ProbeRouter, TrackerClient};
+use libnet::p2p::connect::{Options, Puncher};
 use libnet::p2p::peer::{ClientConfig, FetchResult, PeerLink, PeerServer, ServerConfig};
 use libnet::p2p::store::{FragmentStore, SharedStore, StoreConfig, StoredFragment};
 use libnet::p2p::wire::{ErrorCode, Message};
 use libnet::p2p::{relay, rudp_config, Channel, NatType, NodeId, NodeInfo, Role, RoomId, Strategy};
 use libnet::rand::random_u64;
 use libnet::rudp::RudpSocket;
-use libnet::sync::{channel, oneshot, Receiver, RecvTimeoutError, Sender};
+use libnet::sync::{channel, Receiver, RecvTimeoutError, Sender};
 use libnet::time::sleep;
 use p2p_apps::http::{Hub, Routes, Server};
 use p2p_apps::media::frag::Depacketizer;
@@ -284,7 +285,7 @@ struct App {
     joined_us: u64,
     setup: Setup,
     sock: Rc<RudpSocket>,
-    tracker: TrackerClient,
+    tracker: Rc<TrackerClient>,
     edge_addr: SocketAddr,
     key: RoomPublic,
     store: SharedStore,
@@ -300,7 +301,6 @@ struct App {
     last_fragment: Cell<Option<Instant>>,
     kick: Sender<()>,
     jobs: Sender<Job>,
-    waiting: RefCell<HashMap<u64, oneshot::Sender<NodeInfo>>>,
     /// Peers being connected, connected or given up on.
     tried: RefCell<HashSet<NodeId>>,
     banned: RefCell<HashSet<NodeId>>,
@@ -308,8 +308,10 @@ struct App {
     stop: Cell<bool>,
     /// Punches running.
     punching: Cell<usize>,
-    /// Hands each punch its own probes, so several run at once.
-    probes: ProbeRouter,
+    /// Introductions and punches through the tracker (each punch gets its
+    /// own probes from `router`, so several run at once).
+    puncher: Puncher,
+    router: Rc<ProbeRouter>,
     /// The store the peer server serves: `store` itself, or with
     /// --evil-tamper one holding altered copies.
     served: SharedStore,
@@ -437,6 +439,9 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
         depack: Depacketizer::new(),
         stalled_since: None,
     };
+    let tracker = Rc::new(tracker);
+    let router = Rc::new(ProbeRouter::new(sock.clone()));
+    let puncher = Puncher::new(tracker.clone(), router.clone(), me, Options::default());
     let app = Rc::new(App {
         me,
         room,
@@ -461,14 +466,14 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
         last_fragment: Cell::new(None),
         kick,
         jobs,
-        waiting: RefCell::new(HashMap::new()),
         tried: RefCell::new(HashSet::new()),
         banned: RefCell::new(HashSet::new()),
         nat,
         stop: Cell::new(false),
         served,
         punching: Cell::new(0),
-        probes: ProbeRouter::new(sock.clone()),
+        puncher,
+        router,
         setup,
     });
     join_at_live(&app, &edge_link)?;
@@ -519,7 +524,7 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
     spawn(&app, |a| poll_map(a, EDGE));
     spawn(&app, dispatch);
     spawn(&app, move |a| work(a, &job_rx));
-    spawn(&app, |a| a.probes.route());
+    spawn(&app, |a| a.router.route());
     spawn(&app, discover);
     spawn(&app, heartbeat);
     spawn(&app, report);
@@ -1013,38 +1018,21 @@ fn accept(app: &Rc<App>) {
     }
 }
 
-/// Routes the tracker's notifications.
+/// Routes the tracker's notifications: introductions answering our
+/// attempts to them, the others (peers that want to reach us) to the
+/// workers.
 fn dispatch(app: &Rc<App>) {
-    while !app.stop.get() {
-        match app.tracker.next_notification(None) {
-            Ok(Message::PunchNotify { peer, token }) => {
-                let waiter = app.waiting.borrow_mut().remove(&token);
-                match waiter {
-                    Some(w) => {
-                        let _ = w.send(peer);
-                    }
-                    None => {
-                        if !app.banned.borrow().contains(&peer.id) {
-                            let _ = app.jobs.try_send(Job::Accept { peer, token });
-                        }
-                    }
-                }
-            }
-            Ok(Message::PunchResult {
-                token, ok: false, ..
-            }) => {
-                // The peer is gone: fail the attempt waiting.
-                drop(app.waiting.borrow_mut().remove(&token));
-            }
-            Ok(other) => log::debug!("client: ignoring {} from the tracker", other.name()),
-            Err(e) => {
-                if !app.stop.get() {
-                    say(format!("client: lost the tracker: {e}"));
-                }
-                app.waiting.borrow_mut().clear();
-                return;
+    let (tx, rx) = channel::<(NodeInfo, u64)>(MAX_JOBS);
+    spawn(app, move |a| {
+        while let Ok((peer, token)) = rx.recv() {
+            if !a.banned.borrow().contains(&peer.id) {
+                let _ = a.jobs.try_send(Job::Accept { peer, token });
             }
         }
+    });
+    let e = app.puncher.dispatch(&tx);
+    if !app.stop.get() {
+        say(format!("client: lost the tracker: {e}"));
     }
 }
 
@@ -1071,32 +1059,18 @@ fn work(app: &Rc<App>, jobs: &Receiver<Job>) {
     }
 }
 
-/// Punches for attempt `token`, with the probes the router routes to it.
-fn punch_attempt(app: &App, peer: &NodeInfo, token: u64) -> io::Result<SocketAddr> {
-    let opts = libnet::p2p::connect::Options::default();
-    app.probes
-        .punch(app.me, peer_addrs(peer), token, opts.punch)
-}
-
 fn connect(app: &Rc<App>, peer: &NodeInfo) {
     let token = random_u64();
-    let (tx, rx) = oneshot::channel();
-    app.waiting.borrow_mut().insert(token, tx);
-    if let Err(e) = app.tracker.punch_request(app.me, peer.id, app.room, token) {
-        app.waiting.borrow_mut().remove(&token);
-        log::debug!("client: punch request failed: {e}");
-        return;
-    }
-    let info = match rx.recv_timeout(Duration::from_secs(5)) {
+    let info = match app.puncher.introduce(peer.id, app.room, token) {
         Ok(i) => i,
-        Err(_) => {
-            app.waiting.borrow_mut().remove(&token);
+        Err(e) => {
+            log::debug!("client: no introduction to {:016x}: {e}", peer.id);
             app.tried.borrow_mut().remove(&peer.id);
             return;
         }
     };
-    let opts = libnet::p2p::connect::Options::default();
-    match punch_attempt(app, &info, token) {
+    let opts = Options::default();
+    match app.puncher.punch(&info, token) {
         Ok(addr) => match PeerLink::connect(&app.sock, addr, client_config()) {
             Ok(link) => {
                 app.bump(|c| c.punched += 1);
@@ -1135,12 +1109,8 @@ fn connect(app: &Rc<App>, peer: &NodeInfo) {
 /// A peer wants to connect: punch back; the direct connection then comes
 /// to [`accept`]; else meet it at the relay and serve it there.
 fn answer(app: &Rc<App>, peer: &NodeInfo, token: u64) {
-    if let Err(e) = app.tracker.punch_request(app.me, peer.id, peer.room, token) {
-        log::debug!("client: punch answer failed: {e}");
-        return;
-    }
-    let opts = libnet::p2p::connect::Options::default();
-    match punch_attempt(app, peer, token) {
+    let opts = Options::default();
+    match app.puncher.answer(peer, token) {
         Ok(addr) => {
             // Pull from it too, if we want more peers: the hole is open.
             let want = app.suppliers.borrow().len() <= peer_limit(app);

@@ -281,11 +281,21 @@ impl Puncher {
         }
     }
 
-    /// Reaches node `to` of `room`: asks the tracker to introduce us, then
-    /// punches. Returns the peer as the tracker describes it and the
-    /// address that works both ways (connect to it with RUDP).
+    /// Reaches node `to` of `room`: [`Puncher::introduce`], then
+    /// [`Puncher::punch`] (a fresh token). Returns the peer as the tracker
+    /// describes it and the address that works both ways (connect to it
+    /// with RUDP).
     pub fn connect(&self, to: NodeId, room: RoomId) -> io::Result<(NodeInfo, SocketAddr)> {
         let token = crate::rand::random_u64();
+        let peer = self.introduce(to, room, token)?;
+        let addr = self.punch(&peer, token)?;
+        Ok((peer, addr))
+    }
+
+    /// Asks the tracker to introduce us to node `to` of `room` for attempt
+    /// `token` and waits (up to `Options::notify`) for the peer's
+    /// addresses. `NotFound`: the tracker does not know it there.
+    pub fn introduce(&self, to: NodeId, room: RoomId, token: u64) -> io::Result<NodeInfo> {
         let (tx, rx) = oneshot::channel();
         {
             let mut waiting = self.waiting.borrow_mut();
@@ -300,25 +310,24 @@ impl Puncher {
         // Removed however this ends.
         let _gone = Forget(&self.waiting, token);
         self.tracker.punch_request(self.me, to, room, token)?;
-        let peer = match rx.recv_timeout(self.opts.notify) {
-            Ok(p) => p,
-            Err(crate::sync::RecvTimeoutError::Timeout) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the tracker did not introduce the peer in time",
-                ))
-            }
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "the tracker cannot reach that peer (gone, or not in that room)",
-                ))
-            }
-        };
-        let addr = self
-            .router
-            .punch(self.me, peer_addrs(&peer), token, self.opts.punch)?;
-        Ok((peer, addr))
+        match rx.recv_timeout(self.opts.notify) {
+            Ok(p) => Ok(p),
+            Err(crate::sync::RecvTimeoutError::Timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the tracker did not introduce the peer in time",
+            )),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the tracker cannot reach that peer (gone, or not in that room)",
+            )),
+        }
+    }
+
+    /// Punches to `peer` for attempt `token` (after an introduction either
+    /// way); returns the address that works both ways.
+    pub fn punch(&self, peer: &NodeInfo, token: u64) -> io::Result<SocketAddr> {
+        self.router
+            .punch(self.me, peer_addrs(peer), token, self.opts.punch)
     }
 
     /// Answers an introduction passed on by [`Puncher::dispatch`]: asks
@@ -327,8 +336,7 @@ impl Puncher {
     pub fn answer(&self, peer: &NodeInfo, token: u64) -> io::Result<SocketAddr> {
         self.tracker
             .punch_request(self.me, peer.id, peer.room, token)?;
-        self.router
-            .punch(self.me, peer_addrs(peer), token, self.opts.punch)
+        self.punch(peer, token)
     }
 }
 
