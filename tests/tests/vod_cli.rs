@@ -1,7 +1,8 @@
 //! The `vod` program on loopback, as processes: a tracker, two `vod share`
 //! of one media file (same key file), a `vod list`, and a `vod fetch
 //! --stdout` whose file and stdout are both byte-identical to the
-//! original; clear errors for an unknown name, a missing file and an
+//! original; `client --file` playing it over HTTP (whole, a byte range,
+//! from a time) while it downloads; clear errors for an unknown name, a missing file and an
 //! unreachable tracker.
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,26 @@ fn dir() -> PathBuf {
     d
 }
 
+/// `GET path` from `addr` (with a `Range` header if given): the status
+/// line and the body (read to the end: the server closes).
+fn http_get(addr: &str, path: &str, range: Option<&str>) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("connect to the HTTP output");
+    c.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let range = range.map_or(String::new(), |r| format!("Range: {r}\r\n"));
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n{range}\r\n").expect("request");
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).expect("response");
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&all[..end]).into_owned();
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, all[end + 4..].to_vec())
+}
+
 /// Runs `vod ARGS` to its end (within 60 s).
 fn vod(bins: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(bins.join("vod"));
@@ -46,7 +67,7 @@ fn share_list_fetch_and_errors() {
     }
     let original = std::fs::read(&movie).expect("media");
     assert!(original.len() > 4_000_000, "{} bytes", original.len());
-    let bins = build_apps(&["tracker", "vod"]);
+    let bins = build_apps(&["tracker", "vod", "client"]);
     let tracker = Proc::start(
         "tracker",
         Command::new(bins.join("tracker"))
@@ -137,6 +158,41 @@ fn share_list_fetch_and_errors() {
         assert!(st.is_some_and(|st| st.success()), "{}", s.stderr());
         assert!(s.stderr().contains("stopping on SIGINT"), "{}", s.stderr());
     }
+    // The viewer program fetches files too, and plays them over HTTP:
+    // whole, a byte range and from a time.
+    let viewed = d.join("viewed.ts");
+    let web = addr(BASE + 5);
+    let mut viewer = Proc::start(
+        "client --file",
+        Command::new(bins.join("client"))
+            .args([
+                "--file",
+                "movie.ts",
+                "--out",
+                viewed.to_str().expect("utf-8"),
+            ])
+            .args(["--http", &web])
+            .args(net),
+    );
+    viewer.wait_line("playing at", Duration::from_secs(20));
+    let (status, body) = http_get(&web, "/movie.ts", None);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(body == original, "the HTTP copy differs");
+    let (status, body) = http_get(&web, "/movie.ts", Some("bytes=1000-1999"));
+    assert!(status.starts_with("HTTP/1.1 206"), "{status}");
+    assert!(body == original[1000..2000], "the range differs");
+    let (status, body) = http_get(&web, "/movie.ts?t=5", None);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(
+        !body.is_empty() && body.len() < original.len() && original.ends_with(&body),
+        "?t=5 is the file from a point on ({} bytes)",
+        body.len()
+    );
+    viewer.wait_line("fetched movie.ts", Duration::from_secs(30));
+    let st = viewer.interrupt(Duration::from_secs(10));
+    assert!(st.is_some_and(|st| st.success()), "{}", viewer.stderr());
+    assert!(std::fs::read(&viewed).expect("the viewed file") == original);
+
     let list = text(&vod(&bins, &["list", "--tracker", &t]).stdout);
     assert!(list.contains("1 holders (1 complete)"), "{list}");
     let resumed = d.join("resumed.ts");

@@ -44,6 +44,7 @@ use p2p_apps::media::{Kind, StreamInfo};
 use p2p_apps::node::{now_us, say, signal_name, start, TRACKER_TIMEOUT};
 use p2p_apps::sched::{Action, Config as SchedConfig, Scheduler, SupplierId};
 use p2p_apps::signed::{RoomPublic, META_CODEC, META_PUBKEY, SIG_LEN};
+use p2p_apps::vod::program;
 use p2p_apps::{concrete_bind, init_logging, resolve, tracker_addrs};
 
 /// A viewer of a p2p-live broadcast.
@@ -57,8 +58,13 @@ struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     tracker_udp: Option<String>,
     /// The room to watch.
-    #[arg(long, value_name = "N")]
-    room: RoomId,
+    #[arg(long, value_name = "N", required_unless_present = "file")]
+    room: Option<RoomId>,
+    /// Fetch and play this on-demand file instead of watching a room (as
+    /// `vod fetch NAME`): needs --out; --stdout and --http play it while it
+    /// downloads (the HTTP URL is http://ADDR/NAME).
+    #[arg(long, value_name = "NAME", conflicts_with = "room", requires = "out")]
+    file: Option<String>,
     /// Record the stream (MPEG-TS) to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -144,10 +150,34 @@ const MAX_BANNED: usize = 1024;
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging("warn");
+    if let Some(name) = args.file.clone() {
+        return start("client", file_setup(args, name), program::get);
+    }
     // Time to first frame counts from here: what a user waits for.
     let started = Instant::now();
     start("client", Setup::new(args), move |setup, sig| {
         run(setup, sig, started)
+    })
+}
+
+/// `client --file NAME`: the flags as `vod fetch` takes them.
+fn file_setup(a: Args, name: String) -> Result<program::Get, String> {
+    let http = a
+        .http
+        .as_deref()
+        .map(|h| resolve("--http", h))
+        .transpose()?;
+    Ok(program::Get {
+        net: program::Net::new(&a.tracker, a.tracker_udp.as_deref(), a.bind)?,
+        name,
+        out: a.out.ok_or("--file needs --out FILE")?,
+        stdout: a.stdout,
+        http,
+        start_ms: 0,
+        end_ms: None,
+        upload: program::seeder_config(0),
+        publisher: None,
+        seed: false,
     })
 }
 
@@ -335,7 +365,7 @@ impl App {
 }
 
 fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String> {
-    let room = setup.a.room;
+    let room = setup.a.room.ok_or("--room is needed")?;
     let sock = RudpSocket::bind(setup.bind, rudp_config())
         .map_err(|e| format!("cannot bind {} (--bind): {e}", setup.bind))?;
     let local = sock.local_addr().map_err(|e| e.to_string())?;

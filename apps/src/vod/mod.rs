@@ -23,6 +23,8 @@
 //! - [`pieces`]: [`PieceFile`], the disk-backed piece store of one file
 //!   (seeder and downloader; resume from the `.part` file).
 //! - [`timemap`]: duration and key frame positions from FFmpeg.
+//! - [`program`]: the `vod` program's work (share, list, fetch and play),
+//!   also run by `client --file`.
 //!
 //! The byte formats, the resume rules and the transfer are in `docs/vod.md`.
 
@@ -30,6 +32,7 @@ pub mod index;
 pub mod net;
 pub mod pieces;
 pub mod play;
+pub mod program;
 pub mod timemap;
 
 pub use index::{FileIndex, IndexError, SignedIndex, PIECE_SIZE};
