@@ -656,6 +656,8 @@ pub fn fetch(
     let mut more = true;
     let mut stats = FetchStats::default();
     let mut index: Option<(SignedIndex, Rc<RefCell<PieceFile>>)> = None;
+    // Set when the last piece came: the `.part` is still to sync and rename.
+    let mut unfinished = false;
     // The pieces wanted, once the index is known.
     let mut want = 0..0;
     let mut load: Option<IndexLoad> = None;
@@ -937,7 +939,11 @@ pub fn fetch(
                         load = None;
                         match SignedIndex::from_bytes(&bytes, config.publisher) {
                             Ok(s) if s.id() == id => {
-                                let file = match PieceFile::open_partial(path, s.index()) {
+                                // Resuming reads the whole `.part`: off the loop.
+                                let (p, i) = (path.to_path_buf(), s.index().clone());
+                                let opened =
+                                    libnet::spawn_blocking(move || PieceFile::open_partial(&p, &i));
+                                let file = match opened {
                                     Ok(f) => Rc::new(RefCell::new(f)),
                                     Err(e) => break Err(e),
                                 };
@@ -1041,9 +1047,10 @@ pub fn fetch(
                     stats.duplicates += 1;
                     continue;
                 }
-                let r = file.borrow_mut().write(i, &data);
+                let r = file.borrow_mut().store(i, &data);
                 match r {
-                    Ok(()) => {
+                    Ok(last) => {
+                        unfinished |= last;
                         stats.bytes[k] += data.len() as u64;
                         hs[k].strikes = 0;
                         last_piece = libnet::time::now();
@@ -1080,9 +1087,15 @@ pub fn fetch(
     // their connection or the event channel ends.
     drop(feeder);
     drop(workers);
-    stats.total = start.elapsed();
     result?;
-    let (signed, _) = index.ok_or_else(|| invalid("vod: no index".into()))?;
+    let (signed, file) = index.ok_or_else(|| invalid("vod: no index".into()))?;
+    if unfinished {
+        // Syncing a large file takes long: off the loop.
+        let job = file.borrow().finisher()?;
+        libnet::spawn_blocking(job)?;
+        file.borrow_mut().finished();
+    }
+    stats.total = start.elapsed();
     Ok((signed, stats))
 }
 

@@ -196,7 +196,8 @@ impl PieceFile {
         };
         f.scan()?;
         if f.complete() {
-            f.finish()?;
+            f.finisher()?()?;
+            f.finished();
         }
         Ok(f)
     }
@@ -268,8 +269,22 @@ impl PieceFile {
     /// Stores piece `i` if `data` is that piece (length and hash checked
     /// first: a bad piece is refused and nothing is written). A piece
     /// already held is not written again. The last piece completes the
-    /// file: synced, then renamed from `PATH.part` to `PATH`.
+    /// file: synced, then renamed from `PATH.part` to `PATH` (here, on the
+    /// calling thread: see [`PieceFile::store`] to do that elsewhere).
     pub fn write(&mut self, i: u32, data: &[u8]) -> Result<(), PieceError> {
+        if self.store(i, data)? {
+            // Also retries a rename that failed before.
+            self.finisher()?()?;
+            self.finished();
+        }
+        Ok(())
+    }
+
+    /// [`PieceFile::write`] without the final sync and rename: returns
+    /// whether the file is now complete but still `PATH.part` — then run
+    /// [`PieceFile::finisher`]'s job (off the loop: syncing a large file
+    /// takes long) and call [`PieceFile::finished`].
+    pub fn store(&mut self, i: u32, data: &[u8]) -> Result<bool, PieceError> {
         if i >= self.index.pieces() {
             return Err(PieceError::OutOfRange(i));
         }
@@ -288,11 +303,25 @@ impl PieceFile {
                 .write_all_at(data, self.index.piece_range(i).start)?;
             self.mark(i);
         }
-        if self.complete() && self.data_path != self.path {
-            // Also retries a rename that failed before.
-            self.finish()?;
-        }
-        Ok(())
+        Ok(self.complete() && self.data_path != self.path)
+    }
+
+    /// The job that completes the file — sync `PATH.part`, rename it to
+    /// `PATH` — to run on any thread (it holds its own handle); then call
+    /// [`PieceFile::finished`]. Reads keep working meanwhile and after
+    /// (the open file survives the rename).
+    pub fn finisher(&self) -> io::Result<impl FnOnce() -> io::Result<()> + Send + 'static> {
+        let file = self.file.try_clone()?;
+        let (from, to) = (self.data_path.clone(), self.path.clone());
+        Ok(move || {
+            file.sync_all()?;
+            std::fs::rename(&from, &to)
+        })
+    }
+
+    /// The finisher's job succeeded: the data is at `PATH` now.
+    pub fn finished(&mut self) {
+        self.data_path = self.path.clone();
     }
 
     /// Bytes from the start of the file held without a gap: what a player
@@ -354,14 +383,6 @@ impl PieceFile {
                 self.mark(i);
             }
         }
-        Ok(())
-    }
-
-    /// Syncs the `.part` file and renames it to the final path.
-    fn finish(&mut self) -> io::Result<()> {
-        self.file.sync_all()?;
-        std::fs::rename(&self.data_path, &self.path)?;
-        self.data_path = self.path.clone();
         Ok(())
     }
 }
