@@ -12,6 +12,10 @@
 //! within 2 s of its start and before the download ends, and the played
 //! stream decodes with no error from its first byte.
 //!
+//! A second test puts the only holder behind a port-restricted NAT on a
+//! second tracker linked to the downloader's: it is reached by punching
+//! through that tracker.
+//!
 //! Needs root, iproute2, nftables and the ffmpeg program; without a lab it
 //! prints `SKIPPED` and passes, unless `CI` or `LIBNET_LAB` is set (then it
 //! fails).
@@ -28,8 +32,8 @@ use p2p_apps::media::probe;
 /// Upload cap of every holder: 16 Mbit/s (2 MB/s).
 const CAP_KBPS: &str = "16000";
 
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("p2p-live-vod-lab-{}", std::process::id()));
+fn dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("p2p-live-vod-lab-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d
@@ -64,7 +68,7 @@ fn four_downloaders_behind_nats_fetch_from_partial_and_full_holders() {
         let Some(mut lab) = Lab::require("vod") else {
             return;
         };
-        let d = dir();
+        let d = dir("four");
         let movie = d.join("movie.ts");
         // 24 s at 2 Mbit/s: ~6 MB, 100 pieces of 60,000 bytes.
         if !test_media(&movie, 24, 2) {
@@ -215,6 +219,99 @@ fn four_downloaders_behind_nats_fetch_from_partial_and_full_holders() {
             failures.push("the played stream differs from the original".into());
         }
         for p in holders.iter_mut().chain([&mut full, &mut tracker]) {
+            if let Err(e) = p.stop() {
+                failures.push(e);
+            }
+        }
+        drop(lab);
+        let _ = std::fs::remove_dir_all(&d);
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    });
+}
+
+/// A holder behind a port-restricted NAT, registered on a second tracker
+/// linked to the downloader's: the downloader learns of it through the
+/// catalog's gossip, registers with that tracker and punches through it.
+#[test]
+fn a_holder_on_a_linked_tracker_is_reached_through_it() {
+    bounded(Duration::from_secs(300), || {
+        let Some(mut lab) = Lab::require("vodlink") else {
+            return;
+        };
+        let d = dir("link");
+        let movie = d.join("movie.ts");
+        if !test_media(&movie, 6, 2) {
+            return;
+        }
+        let original = std::fs::read(&movie).expect("the media");
+        let bins = build_apps(&["tracker", "vod"]);
+        let vod = bins.join("vod");
+        let ta = lab.public_host("ta").expect("host");
+        let tb = lab.public_host("tb").expect("host");
+        let nat_h = lab.nat("nat_h", NatKind::PortRestricted).expect("nat");
+        let h = lab.host_behind(&nat_h, "h").expect("host");
+        let nat_d = lab.nat("nat_d", NatKind::FullCone).expect("nat");
+        let dl = lab.host_behind(&nat_d, "dl").expect("host");
+        let tracker = |host: &Host, link: Option<&str>| {
+            let mut c = host.command(bins.join("tracker"));
+            c.args(["--tcp", &host.sock(7000).to_string()])
+                .args(["--udp", &host.sock(3478).to_string()])
+                .args(["--udp-alt", &host.sock(3479).to_string()])
+                .args(["--metrics", "off", "--gossip-secs", "1"]);
+            if let Some(l) = link {
+                c.args(["--link", l]);
+            }
+            let p = Proc::start(&host.name, &mut c);
+            p.wait_line("tracker ", Duration::from_secs(10));
+            p
+        };
+        let a_addr = ta.sock(7000).to_string();
+        let b_addr = tb.sock(7000).to_string();
+        let mut a = tracker(&ta, None);
+        let mut b = tracker(&tb, Some(&a_addr));
+        let mut holder = Proc::start(
+            "holder",
+            h.command(&vod)
+                .args(["share", path(&movie), "--tracker", &b_addr])
+                .args(["--bind", &h.sock(0).to_string()]),
+        );
+        holder.wait_line("shared movie.ts", Duration::from_secs(20));
+        // The catalog of tracker A lists it once gossip has run.
+        let listed = (0..50).any(|_| {
+            let out = ta
+                .command(&vod)
+                .args(["list", "--tracker", &a_addr])
+                .output()
+                .expect("vod list");
+            if String::from_utf8_lossy(&out.stdout).contains("movie.ts") {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(200));
+            false
+        });
+        assert!(listed, "tracker A never listed the file");
+        let out = d.join("got.ts");
+        let mut fetch = Proc::start(
+            "fetch",
+            dl.command(&vod)
+                .args(["fetch", "movie.ts", "--out", path(&out)])
+                .args(["--tracker", &a_addr])
+                .args(["--bind", &dl.sock(0).to_string()]),
+        );
+        let status = fetch.wait(Duration::from_secs(60));
+        let log = fetch.stderr();
+        eprintln!("fetch:\n{log}");
+        let mut failures = Vec::new();
+        if !status.is_some_and(|s| s.success()) {
+            failures.push(format!("the fetch ended badly: {status:?}"));
+        }
+        if std::fs::read(&out).ok().as_deref() != Some(&original[..]) {
+            failures.push("the download differs".into());
+        }
+        if sources(&log).is_empty() {
+            failures.push("no bytes from the holder".into());
+        }
+        for p in [&mut holder, &mut b, &mut a] {
             if let Err(e) = p.stop() {
                 failures.push(e);
             }
