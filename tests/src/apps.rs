@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::netlab::output_within;
+use crate::netlab::{output_within, Host};
 
 /// Building the binaries (a first build compiles FFmpeg's bindings, clap
 /// and friends).
@@ -237,4 +237,20 @@ pub fn test_media(path: &Path, secs: u32, mbps: u32) -> bool {
             false
         }
     }
+}
+
+/// Starts `tracker` (from `bins`) on a lab host: TCP port 7000, UDP 3478
+/// and 3479, no metrics, plus `extra` flags; returns once it is up.
+pub fn lab_tracker(host: &Host, bins: &Path, extra: &[&str]) -> Proc {
+    let p = Proc::start(
+        &format!("tracker on {}", host.name),
+        host.command(bins.join("tracker"))
+            .args(["--tcp", &host.sock(7000).to_string()])
+            .args(["--udp", &host.sock(3478).to_string()])
+            .args(["--udp-alt", &host.sock(3479).to_string()])
+            .args(["--metrics", "off"])
+            .args(extra),
+    );
+    p.wait_line("tracker ", Duration::from_secs(10));
+    p
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use libnet_tests::apps::{build_apps, json_number, Proc};
+use libnet_tests::apps::{build_apps, json_number, lab_tracker, Proc};
 use libnet_tests::bounded;
 use libnet_tests::netlab::{Host, Lab, NatKind};
 use p2p_apps::media::probe;
@@ -53,16 +53,7 @@ fn eight_viewers_behind_every_kind_of_nat_play_and_share() {
             viewers_at.push((name.into(), lab.host_behind(&nat, name).expect("host")));
         }
         let t = infra.sock(7000).to_string();
-        let mut tracker = Proc::start(
-            "tracker",
-            infra
-                .command(bins.join("tracker"))
-                .args(["--tcp", &t])
-                .args(["--udp", &infra.sock(3478).to_string()])
-                .args(["--udp-alt", &infra.sock(3479).to_string()])
-                .args(["--metrics", "off", "--edge-key", KEY]),
-        );
-        tracker.wait_line("tracker ", Duration::from_secs(10));
+        let mut tracker = lab_tracker(&infra, &bins, &["--edge-key", KEY]);
         let mut edge = Proc::start(
             "edge",
             infra

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use libnet_tests::apps::{build_apps, test_media, Proc};
+use libnet_tests::apps::{build_apps, lab_tracker, test_media, Proc};
 use libnet_tests::bounded;
 use libnet_tests::netlab::{Host, Lab, NatKind};
 use p2p_apps::media::probe;
@@ -102,16 +102,7 @@ fn four_downloaders_behind_nats_fetch_from_partial_and_full_holders() {
         ];
 
         let t = infra.sock(7000).to_string();
-        let mut tracker = Proc::start(
-            "tracker",
-            infra
-                .command(bins.join("tracker"))
-                .args(["--tcp", &t])
-                .args(["--udp", &infra.sock(3478).to_string()])
-                .args(["--udp-alt", &infra.sock(3479).to_string()])
-                .args(["--metrics", "off"]),
-        );
-        tracker.wait_line("tracker ", Duration::from_secs(10));
+        let mut tracker = lab_tracker(&infra, &bins, &[]);
         let net = |h: &Host| -> Vec<String> {
             vec![
                 "--tracker".into(),
@@ -252,23 +243,10 @@ fn a_holder_on_a_linked_tracker_is_reached_through_it() {
         let h = lab.host_behind(&nat_h, "h").expect("host");
         let nat_d = lab.nat("nat_d", NatKind::FullCone).expect("nat");
         let dl = lab.host_behind(&nat_d, "dl").expect("host");
-        let tracker = |host: &Host, link: Option<&str>| {
-            let mut c = host.command(bins.join("tracker"));
-            c.args(["--tcp", &host.sock(7000).to_string()])
-                .args(["--udp", &host.sock(3478).to_string()])
-                .args(["--udp-alt", &host.sock(3479).to_string()])
-                .args(["--metrics", "off", "--gossip-secs", "1"]);
-            if let Some(l) = link {
-                c.args(["--link", l]);
-            }
-            let p = Proc::start(&host.name, &mut c);
-            p.wait_line("tracker ", Duration::from_secs(10));
-            p
-        };
         let a_addr = ta.sock(7000).to_string();
         let b_addr = tb.sock(7000).to_string();
-        let mut a = tracker(&ta, None);
-        let mut b = tracker(&tb, Some(&a_addr));
+        let mut a = lab_tracker(&ta, &bins, &["--gossip-secs", "1"]);
+        let mut b = lab_tracker(&tb, &bins, &["--gossip-secs", "1", "--link", &a_addr]);
         let mut holder = Proc::start(
             "holder",
             h.command(&vod)
