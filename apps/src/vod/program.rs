@@ -517,8 +517,6 @@ struct Progress {
     stored: Cell<u32>,
     /// The file, once the index is known: how many pieces we hold.
     file: RefCell<Option<Rc<RefCell<PieceFile>>>>,
-    /// The tracker coroutines end when this is set.
-    stop: Cell<bool>,
 }
 
 impl Progress {
@@ -593,15 +591,16 @@ pub fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
     let progress = Rc::new(Progress {
         stored: Cell::new(0),
         file: RefCell::new(None),
-        stop: Cell::new(false),
     });
-    // The tracker: how much we hold, and heartbeats.
+    // The tracker: how much we hold, and heartbeats; until `beat_stop` is
+    // dropped.
+    let (beat_stop, beat_stopped) = channel::<()>(1);
     let beat = {
         let (p, node, info) = (progress.clone(), node.clone(), info.clone());
         libnet::spawn(move || {
             let mut told = 0u32;
             let mut last_beat = libnet::time::now();
-            while !p.stop.get() {
+            loop {
                 let have = p.held().min(info.pieces);
                 if have > told {
                     match node.tracker.publish(&info, have) {
@@ -613,7 +612,10 @@ pub fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
                     last_beat = libnet::time::now();
                     let _ = node.heartbeat();
                 }
-                sleep(HAVE_PERIOD);
+                if let Err(RecvTimeoutError::Disconnected) = beat_stopped.recv_timeout(HAVE_PERIOD)
+                {
+                    return;
+                }
             }
         })
     };
@@ -736,12 +738,12 @@ pub fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
         format!("{held} of {} pieces, to {}", info.pieces, part.display())
     };
     say(format!(
-        "fetched {} ({what}) in {:.2} s (first byte after {}; {} resumed pieces, {} bad pieces): {per}",
+        "fetched {} ({what}) in {:.3} s (first byte after {}; {} resumed pieces, {} bad pieces): {per}",
         info.name,
         stats.total.as_secs_f64(),
         stats
             .first_byte
-            .map_or_else(|| "-".to_string(), |d| format!("{:.2} s", d.as_secs_f64())),
+            .map_or_else(|| "-".to_string(), |d| format!("{:.3} s", d.as_secs_f64())),
         stats.resumed,
         stats.bad_pieces,
     ));
@@ -781,7 +783,7 @@ pub fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
             seeder.sent()
         ));
     }
-    progress.stop.set(true);
+    drop(beat_stop);
     drop(beat.join());
     node.leave(Some(&info.name));
     seeder.stop();
