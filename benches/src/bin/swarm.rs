@@ -21,15 +21,16 @@
 //! a second SIGINT exits at once.
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
+
+use benches::procs::{
+    addr, check_ports, complete_lines, interrupt, jnum, pause, quantile, stop_flag, Port, Proc,
+};
 
 const USAGE: &str =
     "usage: swarm-bench [--viewers 10,50,100] [--secs 30] [--warmup 5] [--join-rate 10]
@@ -150,13 +151,7 @@ fn main() -> ExitCode {
 
 fn run(cfg: &Config) -> Result<(), String> {
     let bins = bins_dir(cfg)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while the first is being handled exits at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
-            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
-            .map_err(|e| format!("cannot handle signals: {e}"))?;
-    }
+    let stop = stop_flag()?;
     let ticks = clock_ticks();
     let logs = std::env::temp_dir().join(format!("swarm-bench-{}", std::process::id()));
     let mut rows = Vec::new();
@@ -203,22 +198,11 @@ fn run(cfg: &Config) -> Result<(), String> {
 
 /// The directory holding the programs, each one checked.
 fn bins_dir(cfg: &Config) -> Result<PathBuf, String> {
-    let dir = match &cfg.bins {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_path_buf))
-            .ok_or("cannot tell this program's directory; give --bins")?,
-    };
-    for b in BINS {
-        if !dir.join(b).is_file() {
-            return Err(format!(
-                "{} is missing: build the programs first with \
-                 `cargo build --release -p p2p-apps --bins`, or give --bins DIR",
-                dir.join(b).display()
-            ));
-        }
-    }
+    let dir = benches::procs::bins_dir(
+        cfg.bins.as_deref(),
+        &BINS,
+        "cargo build --release -p p2p-apps --bins",
+    )?;
     if dir.ends_with("debug") {
         eprintln!(
             "swarm-bench: warning: {} holds debug builds; CPU figures will be off (use --release)",
@@ -238,167 +222,6 @@ fn clock_ticks() -> f64 {
         .and_then(|s| s.trim().parse().ok())
         .filter(|&t: &f64| t > 0.0)
         .unwrap_or(100.0)
-}
-
-fn addr(port: u16) -> String {
-    format!("127.0.0.1:{port}")
-}
-
-/// Sleeps `d` in short steps; an error once the bench is told to stop.
-fn pause(d: Duration, stop: &AtomicBool) -> Result<(), String> {
-    let end = Instant::now() + d;
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Err("interrupted".into());
-        }
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(());
-        }
-        thread::sleep(left.min(Duration::from_millis(100)));
-    }
-}
-
-/// A child process with its output in files; killed and reaped when
-/// dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    /// Set once it has been reaped.
-    status: Option<ExitStatus>,
-}
-
-impl Proc {
-    /// Starts `cmd` with stdin closed and stdout and stderr in
-    /// `<logs>/<name>.out` and `.err`.
-    fn start(name: &str, cmd: &mut Command, logs: &Path) -> Result<Proc, String> {
-        let stdout = logs.join(format!("{name}.out"));
-        let stderr = logs.join(format!("{name}.err"));
-        let create =
-            |p: &Path| File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()));
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(create(&stdout)?)
-            .stderr(create(&stderr)?)
-            .spawn()
-            .map_err(|e| format!("{name} does not start: {e}"))?;
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-            status: None,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Its exit status, if it has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
-        }
-        self.status
-    }
-
-    /// The last `n` lines of its stderr, the viewers' JSON status lines
-    /// left out.
-    fn tail(&self, n: usize) -> String {
-        let all = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        let lines: Vec<&str> = all.lines().filter(|l| !l.starts_with('{')).collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// An error saying that it died, and its last words.
-    fn died(&self, status: ExitStatus) -> String {
-        format!(
-            "{} exited ({status}); the end of its stderr ({}):\n{}",
-            self.name,
-            self.stderr.display(),
-            self.tail(15)
-        )
-    }
-
-    /// Waits up to `limit` for a complete output line (stdout or stderr)
-    /// containing `text`.
-    fn wait_line(
-        &mut self,
-        text: &str,
-        limit: Duration,
-        stop: &AtomicBool,
-    ) -> Result<String, String> {
-        let end = Instant::now() + limit;
-        loop {
-            for path in [&self.stdout, &self.stderr] {
-                let all = std::fs::read_to_string(path).unwrap_or_default();
-                if let Some(l) = complete_lines(&all).find(|l| l.contains(text)) {
-                    return Ok(l.to_string());
-                }
-            }
-            if let Some(s) = self.exited() {
-                return Err(self.died(s));
-            }
-            if Instant::now() >= end {
-                return Err(format!(
-                    "{} did not print {text:?} within {limit:?}; the end of its stderr:\n{}",
-                    self.name,
-                    self.tail(15)
-                ));
-            }
-            pause(Duration::from_millis(50), stop)?;
-        }
-    }
-
-    /// Waits until `end` for it to exit; kills it then. `None` if it had
-    /// to be killed.
-    fn wait_exit(&mut self, end: Instant) -> Option<ExitStatus> {
-        while Instant::now() < end {
-            if let Some(s) = self.exited() {
-                return Some(s);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        self.exited().or_else(|| {
-            self.kill();
-            None
-        })
-    }
-
-    fn kill(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            self.status = self.child.wait().ok();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The lines of `text` that end with a newline (the last one may still be
-/// being written).
-fn complete_lines(text: &str) -> std::str::Lines<'_> {
-    let done = text.rfind('\n').map_or("", |at| &text[..at]);
-    done.lines()
-}
-
-/// Sends SIGINT (what Ctrl-C sends) to those of `procs` still running, with
-/// one `kill`.
-fn interrupt<'a>(procs: impl IntoIterator<Item = &'a mut Proc>) {
-    let pids: Vec<String> = procs
-        .into_iter()
-        .filter_map(|p| p.exited().is_none().then(|| p.pid().to_string()))
-        .collect();
-    if !pids.is_empty() {
-        let _ = Command::new("kill").arg("-INT").args(&pids).status();
-    }
 }
 
 /// User plus system CPU ticks of process `pid`, all its threads.
@@ -434,24 +257,6 @@ fn edge_bytes_out(metrics: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix("p2plive_edge_bytes_out_total "))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// Fails with a clear message if a port of the run is taken.
-fn check_ports(base: u16) -> Result<(), String> {
-    let busy = |what: &str, port: u16, e: std::io::Error| {
-        format!("{what} port 127.0.0.1:{port} is in use ({e}); free it or pick another --base-port")
-    };
-    TcpListener::bind(("127.0.0.1", base)).map_err(|e| busy("the tracker's TCP", base, e))?;
-    for (what, port) in [
-        ("the tracker's UDP", base + 1),
-        ("the tracker's second UDP", base + 2),
-        ("the edge's UDP", base + 10),
-    ] {
-        UdpSocket::bind(("127.0.0.1", port)).map_err(|e| busy(what, port, e))?;
-    }
-    TcpListener::bind(("127.0.0.1", base + 11))
-        .map_err(|e| busy("the edge's metrics", base + 11, e))?;
-    Ok(())
 }
 
 /// The counters of a viewer's stats, summed over viewers or taken as the
@@ -668,7 +473,13 @@ fn run_one(
     n: usize,
 ) -> Result<Row, String> {
     let b = cfg.base_port;
-    check_ports(b)?;
+    check_ports(&[
+        Port::Tcp("the tracker's TCP", b),
+        Port::Udp("the tracker's UDP", b + 1),
+        Port::Udp("the tracker's second UDP", b + 2),
+        Port::Udp("the edge's UDP", b + 10),
+        Port::Tcp("the edge's metrics", b + 11),
+    ])?;
     std::fs::create_dir_all(logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
     let (mut infra, room) = start_infra(cfg, bins, logs, stop)?;
     let mut viewers: Vec<Viewer> = Vec::with_capacity(n);
@@ -856,16 +667,6 @@ fn figures(n: usize, viewers: &[Viewer], sampled: &Sampled, ticks: f64) -> Resul
     })
 }
 
-/// The nearest-rank `q` quantile of `v` (NaN if empty).
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let rank = (q * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
-}
-
 fn pct(x: f64) -> f64 {
     100.0 * x
 }
@@ -917,15 +718,6 @@ ontime%  fragments on time / fragments, summed over viewers (whole life), with l
          skipped, stalls and stall ms summed too
 cpu/v%   viewers' CPU over the window, % of one core per viewer; edge%, src% likewise"
     );
-}
-
-/// A JSON number, `null` for NaN or infinity.
-fn jnum(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x}")
-    } else {
-        "null".into()
-    }
 }
 
 fn counters_json(c: &Counters) -> String {
