@@ -92,6 +92,8 @@ impl Net {
     }
 }
 
+/// Trackers a node registers with at most (its own and those of holders).
+const MAX_TRACKERS: usize = 8;
 /// Punches answered at once; more wait their turn.
 const MAX_ANSWERS: usize = 8;
 /// Introductions waiting for an answer; more are dropped (the peer's
@@ -195,6 +197,12 @@ impl Node {
             return Err(io::Error::new(
                 io::ErrorKind::AddrNotAvailable,
                 format!("the holder's tracker gave no usable address ({addr})"),
+            ));
+        }
+        if self.punchers.borrow().len() >= MAX_TRACKERS {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("already registered with {MAX_TRACKERS} trackers; not with {addr}"),
             ));
         }
         let t = TrackerClient::connect(addr, TRACKER_TIMEOUT)?;
