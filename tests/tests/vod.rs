@@ -585,3 +585,30 @@ fn the_playhead_comes_first_and_a_span_fetches_only_its_pieces() {
         })
     });
 }
+
+#[test]
+fn holders_that_cannot_be_reached_are_reported_as_such() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    bounded(LIMIT, || {
+        run_on(1, || {
+            let d = dir("unreachable");
+            let o = original(&d, 100_000);
+            // A port nobody listens on.
+            let gone = socket().local_addr().expect("addr");
+            let err = fetch_from(
+                &socket(),
+                &[gone],
+                o.signed.id(),
+                &d.join("x.ts"),
+                FetchConfig::default(),
+            )
+            .expect_err("nobody to fetch from");
+            assert!(
+                err.to_string().contains("no holder could be reached")
+                    && err.to_string().contains(&gone.to_string()),
+                "{err}"
+            );
+            drop(std::fs::remove_dir_all(&d));
+        })
+    });
+}

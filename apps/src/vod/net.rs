@@ -571,8 +571,8 @@ enum Event {
     /// Holder `k` connected.
     Up(usize, Rc<RudpConnection>),
     Msg(usize, Message),
-    /// Holder `k` could not connect, or its connection ended.
-    Gone(usize),
+    /// Holder `k` could not connect (why), or its connection ended (`None`).
+    Gone(usize, Option<String>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -658,6 +658,8 @@ pub fn fetch(
     let mut index: Option<(SignedIndex, Rc<RefCell<PieceFile>>)> = None;
     // Set when the last piece came: the `.part` is still to sync and rename.
     let mut unfinished = false;
+    // The last holder that could not be reached, and why.
+    let mut unreachable: Option<String> = None;
     // The pieces wanted, once the index is known.
     let mut want = 0..0;
     let mut load: Option<IndexLoad> = None;
@@ -703,25 +705,27 @@ pub fn fetch(
             }
         }
         let alive = hs.iter().any(|h| h.link != Link::Dropped) || !waiting.is_empty();
+        // Before any index, with no holder up: say why they could not be
+        // reached rather than that none answered.
+        let why = |what: &str| match (&index, &unreachable, tried_index.is_empty()) {
+            (None, Some(u), true) => format!("vod: no holder could be reached (last: {u})"),
+            _ => format!("vod: {what}"),
+        };
         if !more && !alive {
-            break Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                if index.is_some() {
-                    "vod: every holder is gone"
-                } else {
-                    "vod: no holder has a valid index"
-                },
-            ));
+            let what = if index.is_some() {
+                "every holder is gone"
+            } else {
+                "no holder has a valid index"
+            };
+            break Err(io::Error::new(io::ErrorKind::NotConnected, why(what)));
         }
         if now.duration_since(last_piece) > config.stall {
-            break Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                if index.is_some() {
-                    "vod: no piece came in time"
-                } else {
-                    "vod: no holder sent a valid index in time"
-                },
-            ));
+            let what = if index.is_some() {
+                "no piece came in time"
+            } else {
+                "no holder sent a valid index in time"
+            };
+            break Err(io::Error::new(io::ErrorKind::TimedOut, why(what)));
         }
         // The index: from the first holder up that was not tried yet.
         if index.is_none() {
@@ -911,7 +915,12 @@ pub fn fetch(
                     conn.abort();
                 }
             }
-            Event::Gone(k) => drop_holder(&mut hs, &mut stats, k),
+            Event::Gone(k, why) => {
+                if let Some(why) = why {
+                    unreachable = Some(format!("{}: {why}", hs[k].label));
+                }
+                drop_holder(&mut hs, &mut stats, k);
+            }
             Event::Msg(k, Message::MetaReply { key, value, .. }) => {
                 let Some(l) = load.as_mut().filter(|l| l.from == k) else {
                     continue;
@@ -1163,7 +1172,7 @@ fn connect_and_read(k: usize, c: Candidate, tx: &libnet::sync::Sender<Event>) {
         Ok(conn) => Rc::new(conn),
         Err(e) => {
             log::info!("vod: cannot reach holder {}: {e}", c.label);
-            drop(tx.send(Event::Gone(k)));
+            drop(tx.send(Event::Gone(k, Some(e.to_string()))));
             return;
         }
     };
@@ -1181,7 +1190,7 @@ fn connect_and_read(k: usize, c: Candidate, tx: &libnet::sync::Sender<Event>) {
             Err(_) => break,
         }
     }
-    drop(tx.send(Event::Gone(k)));
+    drop(tx.send(Event::Gone(k, None)));
 }
 
 /// Takes one `MetaReply` of an index being loaded: `Ok(Some(bytes))` once
