@@ -13,7 +13,7 @@
 //! Env: RUDP_LAT_SECS (default 10) seconds of messages per latency run,
 //! RUDP_BULK_MB (default 64) megabytes per bulk run, RUDP_LOSSES (default
 //! "0,5,10") the loss percentages to measure latency at, RUDP_LAB=0 skips
-//! part 2.
+//! part 2. `RUDP_BULK_MB=0 RUDP_LAB=0` runs only the ping-pong.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -358,7 +358,12 @@ fn main() {
     let lo: SocketAddr = "127.0.0.1:0".parse().expect("valid");
 
     println!("== loopback, no loss");
-    for proto in [Proto::Rudp, Proto::Tcp] {
+    let bulk_protos: &[Proto] = if bulk == 0 {
+        &[]
+    } else {
+        &[Proto::Rudp, Proto::Tcp]
+    };
+    for &proto in bulk_protos {
         let (got, _) = one_run(
             proto,
             Job::Bulk { bytes: bulk },

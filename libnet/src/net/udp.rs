@@ -112,11 +112,13 @@ impl UdpSocket {
     }
 
     /// Parks until the socket may be readable, the calling coroutine is
-    /// woken by anyone, or `deadline` passes (then `TimedOut`). May return
-    /// spuriously; the caller drains with `try_recv_from` until `WouldBlock`
-    /// before waiting again (readiness is edge-triggered).
+    /// woken by anyone, or `deadline` passes. May return spuriously; the
+    /// caller drains with `try_recv_from` until `WouldBlock` before waiting
+    /// again (readiness is edge-triggered). The caller checks the deadline
+    /// itself (it just read the clock): reaching it returns `Ok` like any
+    /// other wake-up, and no clock read is spent here.
     pub(crate) fn wait_readable(&self, deadline: Option<std::time::Instant>) -> io::Result<()> {
-        self.io.wait(Direction::Read, deadline)
+        self.io.wait_until(Direction::Read, deadline)
     }
 
     /// The bound address.

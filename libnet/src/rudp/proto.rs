@@ -124,6 +124,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -660,6 +661,49 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Hashes connection ids for maps keyed by them ([`IdMap`]). The ids are
+/// the endpoint's own counter, never chosen by a peer, so they need no
+/// flood-resistant hash: one multiplication instead of SipHash, which was a
+/// visible share of the cost of a small message (a few lookups each).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct IdHash;
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// See [`IdHash`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct IdHasher(u64);
+
+/// An odd constant (2^64 / golden ratio): the multiplication is a bijection
+/// that spreads sequential ids over the high bits (the table's tag) while
+/// the low bits (its index) stay distinct.
+const ID_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(ID_MIX);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(ID_MIX);
+    }
+}
+
+/// A map keyed by connection id (`u64` or [`ConnId`]).
+pub(crate) type IdMap<K, V> = HashMap<K, V, IdHash>;
+
 // ---------------------------------------------------------------------------
 // Internals
 // ---------------------------------------------------------------------------
@@ -765,7 +809,8 @@ struct Violation;
 struct Outbox {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    /// `(deadline, connection)`: the next time each connection needs `on_timer`.
+    /// `(deadline, connection)`: when each connection needs `on_timer` next,
+    /// or earlier (see `schedule`).
     timers: BTreeSet<(Instant, u64)>,
     stats: EndpointStats,
     /// Raw events waiting in `events`.
@@ -921,6 +966,9 @@ impl Conn {
         let _ = kcp.update(t);
         if force || kcp.check(t) == 0 {
             let _ = kcp.flush();
+            // This flush sent the acks of the batch's input too: the
+            // batch's end has nothing left to do for this connection.
+            self.dirty = false;
         }
         self.drain(out, now);
         self.after_kcp(out, cfg, now)
@@ -1051,9 +1099,19 @@ impl Conn {
     }
 }
 
+/// Keeps the connection's entry in `Outbox::timers` no later than its next
+/// deadline. A deadline that moved earlier moves the entry; one that moved
+/// later leaves it in place: it fires early, `on_timer` finds nothing due
+/// and schedules the real deadline. Every send and every ack moves the
+/// keepalive and KCP deadlines (later, mostly), and re-sorting the set each
+/// time was a visible share of the cost of a small message.
 fn schedule(out: &mut Outbox, conn: &mut Conn, cfg: &Config) {
     let next = conn.deadline(cfg);
-    if next != conn.timer {
+    let early_enough = match (conn.timer, next) {
+        (Some(old), Some(new)) => old <= new,
+        (old, new) => old == new,
+    };
+    if !early_enough {
         if let Some(old) = conn.timer {
             out.timers.remove(&(old, conn.id));
         }
@@ -1081,7 +1139,7 @@ pub struct Endpoint {
     /// Epochs skipped by forced rotations.
     epoch_offset: u64,
     next_id: u64,
-    conns: HashMap<u64, Conn>,
+    conns: IdMap<u64, Conn>,
     /// Established connections by (remote, conv, we are server).
     by_key: HashMap<(SocketAddr, u32, bool), u64>,
     /// Client handshakes by (server address, nonce).
@@ -1145,7 +1203,7 @@ impl Endpoint {
             rng_counter: 0,
             epoch_offset: 0,
             next_id: 1,
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             by_key: HashMap::new(),
             pending: HashMap::new(),
             accepted: HashMap::new(),
@@ -1189,8 +1247,10 @@ impl Endpoint {
 
     // ----- outputs ---------------------------------------------------------
 
-    /// The earliest instant [`Endpoint::handle_timeout`] must run (`None`:
-    /// nothing to time).
+    /// The instant by which [`Endpoint::handle_timeout`] must run (`None`:
+    /// nothing to time). It may be early: a deadline that moved later is not
+    /// chased at once, and `handle_timeout` then finds nothing due and only
+    /// re-arms.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.out.timers.first().map(|&(t, _)| t)
     }
@@ -1198,6 +1258,11 @@ impl Endpoint {
     /// The next datagram to send, first in first out.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.transmits.pop_front()
+    }
+
+    /// Whether [`Endpoint::poll_event`] has something.
+    pub fn has_events(&self) -> bool {
+        !self.out.events.is_empty()
     }
 
     /// The next event.
@@ -1484,7 +1549,8 @@ impl Endpoint {
     }
 
     /// Ends a batch: updates and flushes every connection that received
-    /// DATA since [`Endpoint::begin_batch`].
+    /// DATA since [`Endpoint::begin_batch`] and was not flushed since (a
+    /// [`Endpoint::send`] in between flushes it, acks included).
     pub fn end_batch(&mut self, now: Instant) {
         self.batching = false;
         let dirty = std::mem::take(&mut self.dirty);
@@ -1493,7 +1559,11 @@ impl Endpoint {
             let Some(conn) = self.conns.get_mut(&id) else {
                 continue;
             };
-            conn.dirty = false;
+            if !conn.dirty {
+                // Flushed since its input (e.g. a reply sent before the batch
+                // ended): the acks went out with it.
+                continue;
+            }
             let verdict = conn.pump(&mut self.out, cfg, now, true);
             schedule(&mut self.out, conn, cfg);
             self.apply(id, verdict, now);

@@ -15,21 +15,23 @@
 //!
 //! Application coroutines call into the endpoint directly (send, recv,
 //! close), transmit what that produced themselves (so a message leaves
-//! without a context switch), and kick the driver so it recomputes its
-//! deadline. Everything lives on the loop that created the socket (`Rc`).
+//! without a context switch), and wake the driver when it has to act: to
+//! dispatch events, or because the endpoint's deadline moved earlier than
+//! the one it sleeps until (`send` and `recv` check; the rest always wakes
+//! it). Everything lives on the loop that created the socket (`Rc`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::proto::{self, CloseReason, Config, ConnId, Endpoint, Event};
+use super::proto::{self, CloseReason, Config, ConnId, Endpoint, Event, IdMap};
 use crate::net::udp::{Batch, RecvBuf, MAX_SEGMENTED};
 use crate::net::{SocketBuilder, UdpSocket};
-use crate::runtime::{current_waker, park_current, Waker};
+use crate::runtime::{park_current, LocalWaker};
 use crate::time::{clock_now, deadline_after};
 
 /// Most receive calls (each up to 8 × 64 KiB) the driver makes in one go
@@ -49,11 +51,11 @@ const SOCKET_BUFFER: usize = 4 << 20;
 #[derive(Default)]
 struct ConnState {
     /// Coroutine waiting in `recv`.
-    reader: Option<Waker>,
+    reader: Option<LocalWaker>,
     /// Coroutine waiting in `send` for queue space.
-    writer: Option<Waker>,
+    writer: Option<LocalWaker>,
     /// Coroutine waiting in `connect`.
-    connecting: Option<Waker>,
+    connecting: Option<LocalWaker>,
     /// Set once the handshake completed.
     connected: bool,
     /// Set once the connection ended (or failed to start), with why.
@@ -71,19 +73,20 @@ struct Shared {
     /// The protocol state machine.
     ep: RefCell<Endpoint>,
     /// Application-side state per connection.
-    conns: RefCell<HashMap<ConnId, ConnState>>,
+    conns: RefCell<IdMap<ConnId, ConnState>>,
     /// Accepted connections not yet taken by `accept`.
     accepted: RefCell<VecDeque<(ConnId, SocketAddr)>>,
     /// Coroutine waiting in `accept`.
-    acceptor: RefCell<Option<Waker>>,
+    acceptor: RefCell<Option<LocalWaker>>,
     /// Raw datagrams not yet taken by `recv_raw`.
     raw: RefCell<VecDeque<(SocketAddr, Vec<u8>)>>,
     /// Coroutine waiting in `recv_raw`.
-    raw_reader: RefCell<Option<Waker>>,
+    raw_reader: RefCell<Option<LocalWaker>>,
     /// Raw datagrams dropped because `raw` was full.
     raw_dropped: Cell<u64>,
-    /// The driver coroutine, while it is parked.
-    driver: RefCell<Option<Waker>>,
+    /// The driver coroutine while it is parked, and the endpoint deadline
+    /// it parked until.
+    driver: RefCell<Option<(LocalWaker, Option<Instant>)>>,
     /// Live handles (socket + connections); the driver stops at zero.
     handles: Cell<usize>,
     /// Set when the driver has stopped (socket error or no handles left).
@@ -134,8 +137,31 @@ impl Shared {
 
     /// Wakes the driver so it picks up new deadlines and events.
     fn kick(&self) {
-        if let Some(w) = self.driver.borrow_mut().take() {
+        if let Some((w, _)) = self.driver.borrow_mut().take() {
             w.wake();
+        }
+    }
+
+    /// Wakes the driver only if it has something to do that it would miss
+    /// otherwise: events to dispatch, or an endpoint deadline earlier than
+    /// the one it sleeps until. For calls that transmitted what they
+    /// produced themselves (`send`, `recv`): in a request/response
+    /// exchange this spares the driver a pass per message.
+    fn nudge(&self) {
+        let mut driver = self.driver.borrow_mut();
+        let Some((_, parked_until)) = *driver else {
+            return;
+        };
+        let ep = self.ep.borrow();
+        let earlier = match (ep.poll_timeout(), parked_until) {
+            (Some(due), Some(until)) => due < until,
+            (due, until) => due.is_some() && until.is_none(),
+        };
+        if earlier || ep.has_events() {
+            drop(ep);
+            if let Some((w, _)) = driver.take() {
+                w.wake();
+            }
         }
     }
 
@@ -241,19 +267,37 @@ impl Shared {
     }
 }
 
-fn wake(slot: &mut Option<Waker>) {
+fn wake(slot: &mut Option<LocalWaker>) {
     if let Some(w) = slot.take() {
         w.wake();
     }
 }
 
-/// Ends the endpoint's batch and sends what that produced, when dropped.
-struct EndBatch<'a>(&'a Shared);
+/// Ends the endpoint's batch and sends what that produced: in
+/// [`EndBatch::finish`], or when dropped unfinished (an unwind).
+struct EndBatch<'a> {
+    shared: &'a Shared,
+    done: bool,
+}
+
+impl EndBatch<'_> {
+    /// Ends the batch now; returns the time it used, for the caller to
+    /// reuse (one clock read fewer per wake-up).
+    fn finish(mut self) -> Instant {
+        self.done = true;
+        let now = clock_now();
+        self.shared.ep.borrow_mut().end_batch(now);
+        self.shared.transmit();
+        now
+    }
+}
 
 impl Drop for EndBatch<'_> {
     fn drop(&mut self) {
-        self.0.ep.borrow_mut().end_batch(clock_now());
-        self.0.transmit();
+        if !self.done {
+            self.shared.ep.borrow_mut().end_batch(clock_now());
+            self.shared.transmit();
+        }
     }
 }
 
@@ -297,12 +341,14 @@ fn drive(shared: Rc<Shared>) {
         // unwinds the driver at shutdown while it yields here (an
         // application that reads its last bytes and exits must still ACK
         // them, or the peer's close never completes).
-        let flush = EndBatch(&shared);
+        let flush = EndBatch {
+            shared: &shared,
+            done: false,
+        };
         if shared.dispatch() && received <= PIGGYBACK_BATCH {
             crate::yield_now();
         }
-        drop(flush);
-        let now = clock_now();
+        let now = flush.finish();
         let due = shared.ep.borrow().poll_timeout();
         if due.is_some_and(|d| d <= now) {
             shared.ep.borrow_mut().handle_timeout(now);
@@ -317,14 +363,15 @@ fn drive(shared: Rc<Shared>) {
             continue;
         }
         // Park: socket readable, kicked, or the endpoint's next deadline.
-        match current_waker() {
-            Ok(w) => *shared.driver.borrow_mut() = Some(w),
+        // Timers due at `now` ran above; one that fell due since is
+        // picked up on the next pass (the wait then ends at once).
+        let deadline = shared.ep.borrow().poll_timeout();
+        match LocalWaker::current() {
+            Ok(w) => *shared.driver.borrow_mut() = Some((w, deadline)),
             Err(_) => break,
         }
-        let deadline = shared.ep.borrow().poll_timeout();
         match shared.socket.wait_readable(deadline) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
             Err(e) => {
                 log::debug!("rudp: driver stops: {e}");
                 break;
@@ -387,7 +434,7 @@ impl RudpSocket {
             batch,
             gso_buf: Cell::new(Vec::new()),
             ep: RefCell::new(Endpoint::new(config, seed, clock_now())),
-            conns: RefCell::new(HashMap::new()),
+            conns: RefCell::new(IdMap::default()),
             accepted: RefCell::new(VecDeque::new()),
             acceptor: RefCell::new(None),
             raw: RefCell::new(VecDeque::new()),
@@ -429,7 +476,7 @@ impl RudpSocket {
                     return Err(close_error(why, "connect"));
                 }
                 sh.check_running()?;
-                c.connecting = Some(current_waker()?);
+                c.connecting = Some(LocalWaker::current()?);
             }
             park_current(None)?;
         }
@@ -459,7 +506,7 @@ impl RudpSocket {
                     "rudp: no connection arrived in time",
                 ));
             }
-            *sh.acceptor.borrow_mut() = Some(current_waker()?);
+            *sh.acceptor.borrow_mut() = Some(LocalWaker::current()?);
             park_current(deadline)?;
         }
     }
@@ -494,7 +541,7 @@ impl RudpSocket {
             if deadline.is_some_and(|d| clock_now() >= d) {
                 return Err(crate::runtime::io::timed_out());
             }
-            *sh.raw_reader.borrow_mut() = Some(current_waker()?);
+            *sh.raw_reader.borrow_mut() = Some(LocalWaker::current()?);
             park_current(deadline)?;
         }
     }
@@ -601,7 +648,7 @@ impl RudpConnection {
             match r {
                 Ok(()) => {
                     sh.transmit();
-                    sh.kick();
+                    sh.nudge();
                     return Ok(());
                 }
                 Err(proto::Error::WouldBlock) => {}
@@ -611,7 +658,7 @@ impl RudpConnection {
                 return Err(crate::runtime::io::timed_out());
             }
             if let Some(c) = sh.conns.borrow_mut().get_mut(&self.id) {
-                c.writer = Some(current_waker()?);
+                c.writer = Some(LocalWaker::current()?);
             }
             sh.kick();
             park_current(deadline)?;
@@ -627,8 +674,10 @@ impl RudpConnection {
             let r = sh.ep.borrow_mut().recv(self.id);
             match r {
                 Ok(Some(m)) => {
-                    // Taking data may reopen the receive window: let the driver flush.
-                    sh.kick();
+                    // Taking data may have reopened the receive window,
+                    // which the endpoint announced at once: send that.
+                    sh.transmit();
+                    sh.nudge();
                     return Ok(Some(m));
                 }
                 Ok(None) => {}
@@ -652,7 +701,7 @@ impl RudpConnection {
                 return Err(crate::runtime::io::timed_out());
             }
             if let Some(c) = sh.conns.borrow_mut().get_mut(&self.id) {
-                c.reader = Some(current_waker()?);
+                c.reader = Some(LocalWaker::current()?);
             }
             park_current(deadline)?;
         }

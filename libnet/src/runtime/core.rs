@@ -594,7 +594,8 @@ impl Core {
         }
     }
 
-    /// How long the next poll may block.
+    /// How long the next poll may block (`None`: until an event, which may
+    /// be the reactor's wake timer, armed here for the next timer).
     fn poll_timeout(&self) -> Option<Duration> {
         let next = self.timers.borrow().next_deadline()?;
         if self.clock.is_manual() {
@@ -604,7 +605,15 @@ impl Core {
             return (next <= now.as_millis() as u64).then_some(Duration::ZERO);
         }
         let at = self.origin + Duration::from_millis(next);
-        Some(at.saturating_duration_since(Instant::now()))
+        if self.reactor.wakes_by(at) {
+            // Armed no later than `at` already: no clock read, no syscall.
+            return None;
+        }
+        let now = Instant::now();
+        if at > now && self.reactor.wake_by(at, now) {
+            return None;
+        }
+        Some(at.saturating_duration_since(now))
     }
 
     /// Runs the loop until the runtime exits, then shuts it down.
@@ -635,6 +644,7 @@ impl Core {
             }
             self.remote.sleeping.store(false, Ordering::SeqCst);
             self.now.set(self.clock.now());
+            self.reactor.polled_at(self.now.get());
             self.fire_timers(&mut fired);
         }
         self.shutdown();

@@ -211,6 +211,13 @@ impl<S: Source + AsRawFd> IoSource<S> {
                 return Err(timed_out());
             }
         }
+        self.wait_until(dir, deadline)
+    }
+
+    /// [`IoSource::wait`] for a caller that knows `deadline` lies ahead (it
+    /// just read the clock): no clock read, and reaching `deadline` ends the
+    /// wait with `Ok` like any other wake-up.
+    pub(crate) fn wait_until(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
         match core::current() {
             Some(core) => {
                 if !core::in_coroutine() {

@@ -11,6 +11,7 @@ pub(crate) mod io;
 mod join;
 pub(crate) mod pool;
 pub(crate) mod reactor;
+mod wake_timer;
 pub(crate) mod wheel;
 
 use std::any::Any;
@@ -449,6 +450,37 @@ impl Waker {
             }
             Waker::Thread(t) => t.unpark(),
         }
+    }
+}
+
+/// A waker for a coroutine of the current loop that only code running on
+/// the same loop wakes: what loop-confined (`Rc`, `!Send`) state keeps for
+/// its waiters. Unlike [`Waker`] it is `Copy` and costs no atomic operation
+/// to take, keep or wake (it is a [`core::LocalWaiter`]); like a waiter it
+/// wakes nothing once its coroutine has moved on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LocalWaker(core::LocalWaiter);
+
+impl LocalWaker {
+    /// The waker for the running coroutine's next [`park_current`]; an
+    /// error outside a coroutine (plain threads included) or at shutdown.
+    pub(crate) fn current() -> stdio::Result<LocalWaker> {
+        core::with_current(|c| {
+            if !core::in_coroutine() {
+                return Err(outside_coroutine_error());
+            }
+            if c.stopping() {
+                return Err(core::shutdown_error());
+            }
+            Ok(LocalWaker(c.waiter()))
+        })
+        .unwrap_or_else(|| Err(outside_coroutine_error()))
+    }
+
+    /// Wakes it; must run on the loop it was taken on (which the `!Send`
+    /// state holding it guarantees).
+    pub(crate) fn wake(self) {
+        core::with_current(|c| c.wake(self.0));
     }
 }
 

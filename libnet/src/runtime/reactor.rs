@@ -8,13 +8,14 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::event::Source;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::core::{Core, LocalWaiter};
+use super::wake_timer::{WakeTimer, TIMER_TOKEN};
 
 /// Token of the cross-thread waker; never a slab index.
 pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
@@ -80,11 +81,14 @@ pub(crate) struct Reactor {
     ios: RefCell<Slab<IoState>>,
     /// Waiters collected from one poll, woken once all borrows are released.
     to_wake: RefCell<Vec<LocalWaiter>>,
+    /// Wakes a poll without a timeout at the next timer (where the OS has one).
+    wake_timer: Option<WakeTimer>,
 }
 
 impl Reactor {
     pub(crate) fn new(poll: Poll) -> Reactor {
         Reactor {
+            wake_timer: WakeTimer::new(poll.registry()),
             poll: RefCell::new(poll),
             events: RefCell::new(Events::with_capacity(1024)),
             ios: RefCell::new(Slab::new()),
@@ -221,7 +225,7 @@ impl Reactor {
         {
             let mut ios = self.ios.borrow_mut();
             for ev in events.iter() {
-                if ev.token() == WAKER_TOKEN {
+                if ev.token() == WAKER_TOKEN || ev.token() == TIMER_TOKEN {
                     continue;
                 }
                 let Some(io) = ios.get_mut(ev.token().0) else {
@@ -248,6 +252,26 @@ impl Reactor {
             core.wake(w);
         }
         Ok(())
+    }
+
+    /// Makes sure a poll without a timeout wakes by `at` (after `now`);
+    /// false if this poller has no wake timer (see `super::wake_timer`):
+    /// then the caller polls with a timeout.
+    pub(crate) fn wake_by(&self, at: Instant, now: Instant) -> bool {
+        self.wake_timer.as_ref().is_some_and(|t| t.wake_by(at, now))
+    }
+
+    /// Whether the wake timer is already armed to wake a poll by `at`
+    /// (an armed time that has passed counts: its event is due).
+    pub(crate) fn wakes_by(&self, at: Instant) -> bool {
+        self.wake_timer.as_ref().is_some_and(|t| t.armed_by(at))
+    }
+
+    /// Tells the wake timer the time after a poll.
+    pub(crate) fn polled_at(&self, now: Instant) {
+        if let Some(t) = &self.wake_timer {
+            t.passed(now);
+        }
     }
 
     /// Registry used to create this loop's cross-thread waker.
