@@ -28,23 +28,11 @@ use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
 use benches::procs::{
     addr, check_ports, complete_lines, interrupt, jnum, pause, quantile, stop_flag, Port, Proc,
 };
-
-const USAGE: &str =
-    "usage: swarm-bench [--viewers 10,50,100] [--secs 30] [--warmup 5] [--join-rate 10]
-                   [--base-port 27000] [--video-kbps 1850] [--bins DIR] [--json FILE] [--keep-logs]
-  --viewers     viewer counts to run, one fresh broadcast each (default 10,50,100)
-  --secs        measured seconds per run (default 30)
-  --warmup      seconds after the last viewer joined before measuring (default 5)
-  --join-rate   viewers started per second (default 10)
-  --base-port   tracker TCP port; UDP +1 and +2, edge +10, edge metrics +11 (default 27000)
-  --video-kbps  the test pattern's video bitrate; audio adds 128 kbit/s (default 1850)
-  --bins        directory holding tracker, edge, source, client (default: this program's)
-  --json        also write the figures to FILE
-  --keep-logs   keep every process's output (always kept after an error)
-Build the programs first: cargo build --release -p p2p-apps --bins";
 
 /// The edge key of the bench's tracker, edge and source.
 const KEY: &str = "swarm-bench-key";
@@ -60,64 +48,44 @@ const EXIT_LIMIT: Duration = Duration::from_secs(20);
 /// How often the bench looks for processes that died.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 
-/// The command line.
+/// A whole live broadcast on loopback for each viewer count (see
+/// `docs/swarm-bench.md`). Build the programs first:
+/// cargo build --release -p p2p-apps --bins
+#[derive(Parser, Debug)]
+#[command(name = "swarm-bench")]
 struct Config {
+    /// Viewer counts to run, one fresh broadcast each.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 50, 100])]
     viewers: Vec<usize>,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 30.0)]
     secs: f64,
+    /// Seconds after the last viewer joined before measuring.
+    #[arg(long, default_value_t = 5.0)]
     warmup: f64,
+    /// Viewers started per second.
+    #[arg(long, default_value_t = 10.0)]
     join_rate: f64,
+    /// Tracker TCP port; UDP +1 and +2, edge +10, edge metrics +11.
+    #[arg(long, default_value_t = 27_000)]
     base_port: u16,
+    /// The test pattern's video bitrate; audio adds 128 kbit/s.
+    #[arg(long, default_value_t = 1850)]
     video_kbps: u32,
+    /// Directory holding tracker, edge, source, client [default: this program's].
+    #[arg(long, value_name = "DIR")]
     bins: Option<PathBuf>,
+    /// Also write the figures to FILE.
+    #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Keep every process's output (always kept after an error).
+    #[arg(long)]
     keep_logs: bool,
 }
 
+/// The command line, with the checks clap does not make.
 fn parse() -> Result<Config, String> {
-    let mut c = Config {
-        viewers: vec![10, 50, 100],
-        secs: 30.0,
-        warmup: 5.0,
-        join_rate: 10.0,
-        base_port: 27_000,
-        video_kbps: 1850,
-        bins: None,
-        json: None,
-        keep_logs: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--keep-logs" => {
-                c.keep_logs = true;
-                continue;
-            }
-            _ => {}
-        }
-        let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {v}: {e}");
-        match flag.as_str() {
-            "--viewers" => {
-                c.viewers = v
-                    .split(',')
-                    .map(|n| n.trim().parse())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| bad(&e))?
-            }
-            "--secs" => c.secs = v.parse().map_err(|e| bad(&e))?,
-            "--warmup" => c.warmup = v.parse().map_err(|e| bad(&e))?,
-            "--join-rate" => c.join_rate = v.parse().map_err(|e| bad(&e))?,
-            "--base-port" => c.base_port = v.parse().map_err(|e| bad(&e))?,
-            "--video-kbps" => c.video_kbps = v.parse().map_err(|e| bad(&e))?,
-            "--bins" => c.bins = Some(v.into()),
-            "--json" => c.json = Some(v.into()),
-            _ => return Err(format!("unknown argument {flag}")),
-        }
-    }
+    let c = Config::parse();
     if c.viewers.is_empty() || c.viewers.contains(&0) {
         return Err("--viewers wants positive counts".into());
     }
@@ -136,7 +104,7 @@ fn main() -> ExitCode {
     let cfg = match parse() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("swarm-bench: {e}\n{USAGE}");
+            eprintln!("swarm-bench: {e}");
             return ExitCode::from(2);
         }
     };

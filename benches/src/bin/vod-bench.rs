@@ -30,21 +30,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use clap::Parser;
+
 use benches::procs::{
     addr, check_ports, complete_lines, interrupt, jnum, quantile, stop_flag, Port, Proc,
 };
-
-const USAGE: &str = "usage: vod-bench [--mb 24] [--holders 1,4] [--rounds 3] [--cap-kbps 16000]
-                 [--base-port 28000] [--bins DIR] [--json FILE] [--keep-logs]
-  --mb          size of the test file, MB of random bytes (default 24)
-  --holders     holder counts, one fresh tracker and holders each (default 1,4)
-  --rounds      runs of each count, in alternation (default 3)
-  --cap-kbps    each holder's upload cap, `vod share --upload-kbps` (default 16000 = 2 MB/s)
-  --base-port   tracker TCP port; its UDP +1 and +2 (default 28000)
-  --bins        directory holding tracker and vod (default: this program's)
-  --json        also write the figures to FILE
-  --keep-logs   keep every process's output (always kept after an error)
-Build first: cargo build --release -p p2p-apps --bins -p benches";
 
 /// The programs of `p2p-apps` the bench runs.
 const BINS: [&str; 2] = ["tracker", "vod"];
@@ -60,15 +50,35 @@ const EXIT_LIMIT: Duration = Duration::from_secs(10);
 /// resolution) and whether a holder died.
 const WATCH_EVERY: Duration = Duration::from_millis(10);
 
-/// The command line.
+/// Downloads through `vod` from 1 and from several upload-capped holders
+/// and compares the rates (see `docs/vod-bench.md`). Build first:
+/// cargo build --release -p p2p-apps --bins -p benches
+#[derive(Parser, Debug)]
+#[command(name = "vod-bench")]
 struct Config {
+    /// Size of the test file, MB of random bytes.
+    #[arg(long, default_value_t = 24.0)]
     mb: f64,
+    /// Holder counts, one fresh tracker and holders each (1 to 16).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
     holders: Vec<usize>,
+    /// Runs of each count, in alternation.
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Each holder's upload cap, `vod share --upload-kbps` (16000 = 2 MB/s; 0: none).
+    #[arg(long, default_value_t = 16_000)]
     cap_kbps: u64,
+    /// Tracker TCP port; its UDP +1 and +2.
+    #[arg(long, default_value_t = 28_000)]
     base_port: u16,
+    /// Directory holding tracker and vod [default: this program's].
+    #[arg(long, value_name = "DIR")]
     bins: Option<PathBuf>,
+    /// Also write the figures to FILE.
+    #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Keep every process's output (always kept after an error).
+    #[arg(long)]
     keep_logs: bool,
 }
 
@@ -96,49 +106,9 @@ impl Config {
     }
 }
 
+/// The command line, with the checks clap does not make.
 fn parse() -> Result<Config, String> {
-    let mut c = Config {
-        mb: 24.0,
-        holders: vec![1, 4],
-        rounds: 3,
-        cap_kbps: 16_000,
-        base_port: 28_000,
-        bins: None,
-        json: None,
-        keep_logs: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--keep-logs" => {
-                c.keep_logs = true;
-                continue;
-            }
-            _ => {}
-        }
-        let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {v}: {e}");
-        match flag.as_str() {
-            "--mb" => c.mb = v.parse().map_err(|e| bad(&e))?,
-            "--holders" => {
-                c.holders = v
-                    .split(',')
-                    .map(|n| n.trim().parse())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| bad(&e))?
-            }
-            "--rounds" => c.rounds = v.parse().map_err(|e| bad(&e))?,
-            "--cap-kbps" => c.cap_kbps = v.parse().map_err(|e| bad(&e))?,
-            "--base-port" => c.base_port = v.parse().map_err(|e| bad(&e))?,
-            "--bins" => c.bins = Some(v.into()),
-            "--json" => c.json = Some(v.into()),
-            _ => return Err(format!("unknown argument {flag}")),
-        }
-    }
+    let c = Config::parse();
     let mut seen = c.holders.clone();
     seen.sort_unstable();
     seen.dedup();
@@ -164,7 +134,7 @@ fn main() -> ExitCode {
     let cfg = match parse() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("vod-bench: {e}\n{USAGE}");
+            eprintln!("vod-bench: {e}");
             return ExitCode::from(2);
         }
     };
