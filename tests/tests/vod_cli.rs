@@ -2,7 +2,8 @@
 //! of one media file (same key file), a `vod list`, and a `vod fetch
 //! --stdout` whose file and stdout are both byte-identical to the
 //! original; `client --file` playing it over HTTP (whole, a byte range,
-//! from a time) while it downloads; clear errors for an unknown name, a missing file and an
+//! from a time) while it downloads; a seeder that outlives a tracker
+//! restart and registers again; clear errors for an unknown name, a missing file and an
 //! unreachable tracker.
 
 use std::path::{Path, PathBuf};
@@ -68,15 +69,19 @@ fn share_list_fetch_and_errors() {
     let original = std::fs::read(&movie).expect("media");
     assert!(original.len() > 4_000_000, "{} bytes", original.len());
     let bins = build_apps(&["tracker", "vod", "client"]);
-    let tracker = Proc::start(
-        "tracker",
-        Command::new(bins.join("tracker"))
-            .args(["--tcp", &addr(BASE)])
-            .args(["--udp", &addr(BASE + 1)])
-            .args(["--udp-alt", &addr(BASE + 2)])
-            .args(["--metrics", "off"]),
-    );
-    tracker.wait_line("tracker ", Duration::from_secs(10));
+    let start_tracker = || {
+        let t = Proc::start(
+            "tracker",
+            Command::new(bins.join("tracker"))
+                .args(["--tcp", &addr(BASE)])
+                .args(["--udp", &addr(BASE + 1)])
+                .args(["--udp-alt", &addr(BASE + 2)])
+                .args(["--metrics", "off"]),
+        );
+        t.wait_line("tracker ", Duration::from_secs(10));
+        t
+    };
+    let mut tracker = start_tracker();
     let (t, tu) = (addr(BASE), addr(BASE + 1));
     let net = ["--tracker", t.as_str(), "--tracker-udp", tu.as_str()];
     let key = d.join("publisher.key");
@@ -218,6 +223,15 @@ fn share_list_fetch_and_errors() {
         "the resumed file differs"
     );
     assert!(std::fs::read(&seeded).expect("the seeded file") == original);
+
+    // The tracker dies and comes back: the seeder keeps serving, registers
+    // again and is listed again (its heartbeat notices within 10 s).
+    tracker.kill();
+    tracker = start_tracker();
+    seeder.wait_line("back with the tracker", Duration::from_secs(30));
+    let list = text(&vod(&bins, &["list", "--tracker", &t]).stdout);
+    assert!(list.contains("1 holders (1 complete)"), "{list}");
+
     let st = seeder.interrupt(Duration::from_secs(10));
     assert!(st.is_some_and(|st| st.success()), "{}", seeder.stderr());
 

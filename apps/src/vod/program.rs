@@ -18,7 +18,7 @@ use libnet::p2p::wire::{CatalogEntry, FileInfo, Holder};
 use libnet::p2p::{rudp_config, NatType, NodeId, NodeInfo, Role};
 use libnet::rand::random_u64;
 use libnet::rudp::RudpSocket;
-use libnet::sync::{channel, Receiver, RecvTimeoutError, Sender};
+use libnet::sync::{channel, Receiver, RecvTimeoutError};
 use libnet::time::sleep;
 
 use super::net::{fetch, Candidate, FetchConfig, Seeder, SeederConfig};
@@ -92,6 +92,8 @@ impl Net {
     }
 }
 
+/// How often a node that lost its tracker tries to register again.
+const REJOIN: Duration = Duration::from_secs(2);
 /// Trackers a node registers with at most (its own and those of holders).
 const MAX_TRACKERS: usize = 8;
 /// Punches answered at once; more wait their turn.
@@ -103,18 +105,23 @@ const INTRODUCTIONS: usize = 64;
 /// A `vod` node on the network: one RUDP socket (pieces, punch probes),
 /// registered in the lobby of its tracker. It punches to holders through
 /// the tracker they are on (ours, or a linked one it then registers with
-/// too) and answers every punch that comes its way, so that whoever wants
-/// our pieces can reach us behind a NAT; the connection then comes to the
-/// socket's `Seeder`.
+/// too) and answers every punch that comes its way, through the tracker
+/// that brought it, so that whoever wants our pieces can reach us behind a
+/// NAT; the connection then comes to the socket's `Seeder`. A lost tracker
+/// connection is made again with [`Node::rejoin`].
 struct Node {
     sock: Rc<RudpSocket>,
-    tracker: Rc<TrackerClient>,
+    /// Our tracker's address, and the connection to it (replaced by
+    /// [`Node::rejoin`]).
+    tracker_addr: SocketAddr,
+    tracker: RefCell<Rc<TrackerClient>>,
     public: SocketAddr,
     hello: Hello,
     router: Rc<ProbeRouter>,
     /// By tracker TCP address: ours first, then others met through holders.
     punchers: RefCell<HashMap<SocketAddr, Rc<Puncher>>>,
-    introductions: Sender<(NodeInfo, u64)>,
+    /// Punches being answered, over all trackers.
+    answering: Rc<Cell<usize>>,
 }
 
 impl Node {
@@ -129,22 +136,45 @@ impl Node {
             let router = router.clone();
             drop(libnet::spawn(move || router.route()));
         }
-        let (introductions, intro_rx) = channel::<(NodeInfo, u64)>(INTRODUCTIONS);
         let node = Rc::new(Node {
             sock,
-            tracker: tracker.clone(),
+            tracker_addr: tracker.tracker_addr(),
+            tracker: RefCell::new(tracker.clone()),
             public,
             hello,
             router,
             punchers: RefCell::new(HashMap::new()),
-            introductions,
+            answering: Rc::new(Cell::new(0)),
         });
         node.add_puncher(tracker.tracker_addr(), tracker);
-        // Answers introductions, a few at once.
-        let answering = Rc::new(Cell::new(0usize));
-        let puncher = node.own_puncher();
+        node
+    }
+
+    /// Our tracker connection.
+    fn tracker(&self) -> Rc<TrackerClient> {
+        self.tracker.borrow().clone()
+    }
+
+    /// Punches through `tracker` (at `addr`) from now on: its notifications
+    /// are read, and the introductions it brings answered (a few at once
+    /// over all trackers), until its connection ends.
+    fn add_puncher(&self, addr: SocketAddr, tracker: Rc<TrackerClient>) -> Rc<Puncher> {
+        let p = Rc::new(Puncher::new(
+            tracker,
+            self.router.clone(),
+            self.hello.node,
+            Options::default(),
+        ));
+        self.punchers.borrow_mut().insert(addr, p.clone());
+        let (tx, rx) = channel::<(NodeInfo, u64)>(INTRODUCTIONS);
+        let d = p.clone();
         drop(libnet::spawn(move || {
-            while let Ok((peer, token)) = intro_rx.recv() {
+            let e = d.dispatch(&tx);
+            log::info!("vod: tracker {addr}: {e}");
+        }));
+        let (puncher, answering) = (p.clone(), self.answering.clone());
+        drop(libnet::spawn(move || {
+            while let Ok((peer, token)) = rx.recv() {
                 while answering.get() >= MAX_ANSWERS {
                     sleep(Duration::from_millis(20));
                 }
@@ -159,34 +189,27 @@ impl Node {
                 }));
             }
         }));
-        node
-    }
-
-    fn add_puncher(&self, addr: SocketAddr, tracker: Rc<TrackerClient>) -> Rc<Puncher> {
-        let p = Rc::new(Puncher::new(
-            tracker,
-            self.router.clone(),
-            self.hello.node,
-            Options::default(),
-        ));
-        self.punchers.borrow_mut().insert(addr, p.clone());
-        let (d, tx) = (p.clone(), self.introductions.clone());
-        drop(libnet::spawn(move || {
-            let e = d.dispatch(&tx);
-            log::info!("vod: tracker {addr}: {e}");
-        }));
         p
     }
 
+    /// Connects to our tracker again and registers as before (same node,
+    /// same addresses); the caller publishes its files again.
+    fn rejoin(&self) -> io::Result<()> {
+        let t = Rc::new(TrackerClient::connect(self.tracker_addr, TRACKER_TIMEOUT)?);
+        t.hello(&self.hello)?;
+        *self.tracker.borrow_mut() = t.clone();
+        self.add_puncher(self.tracker_addr, t);
+        Ok(())
+    }
+
     fn own_puncher(&self) -> Rc<Puncher> {
-        let own = self.tracker.tracker_addr();
-        self.punchers.borrow()[&own].clone()
+        self.punchers.borrow()[&self.tracker_addr].clone()
     }
 
     /// The puncher of the tracker at `addr` (as the catalog names it),
     /// registering with it first if it is not ours.
     fn puncher_for(&self, addr: SocketAddr) -> io::Result<Rc<Puncher>> {
-        let own = self.tracker.tracker_addr();
+        let own = self.tracker_addr;
         if addr == own || (addr.ip().is_unspecified() && addr.port() == own.port()) {
             return Ok(self.own_puncher());
         }
@@ -239,10 +262,15 @@ impl Node {
     /// The heartbeat, to every tracker we are registered with; fails when
     /// our own tracker is lost.
     fn heartbeat(&self) -> io::Result<()> {
-        let own = self.tracker.tracker_addr();
-        for (addr, p) in self.punchers.borrow().iter() {
+        let punchers: Vec<(SocketAddr, Rc<Puncher>)> = self
+            .punchers
+            .borrow()
+            .iter()
+            .map(|(a, p)| (*a, p.clone()))
+            .collect();
+        for (addr, p) in punchers {
             let r = p.tracker().update(0, NatType::Unknown);
-            if *addr == own {
+            if addr == self.tracker_addr {
                 r?;
             }
         }
@@ -251,7 +279,8 @@ impl Node {
 
     /// Says goodbye to every tracker.
     fn leave(&self, name: Option<&str>) {
-        for p in self.punchers.borrow().values() {
+        let punchers: Vec<Rc<Puncher>> = self.punchers.borrow().values().cloned().collect();
+        for p in punchers {
             if let Some(n) = name {
                 let _ = p.tracker().unpublish(n);
             }
@@ -347,7 +376,7 @@ pub fn share(s: Share, sig: &Receiver<i32>) -> Result<(), String> {
         .add(&signed, Rc::new(RefCell::new(piece_file)))
         .map_err(|e| e.to_string())?;
     let info = file_info(&signed);
-    node.tracker
+    node.tracker()
         .publish(&info, info.pieces)
         .map_err(|e| format!("the tracker refused {:?}: {e}", info.name))?;
     let i = signed.index();
@@ -361,12 +390,30 @@ pub fn share(s: Share, sig: &Receiver<i32>) -> Result<(), String> {
         hex(&signed.publisher()),
         node.public,
     ));
+    let mut lost = false;
     let s = loop {
-        match sig.recv_timeout(HEARTBEAT) {
+        let wait = if lost { REJOIN } else { HEARTBEAT };
+        match sig.recv_timeout(wait) {
             Ok(s) => break s,
+            Err(RecvTimeoutError::Timeout) if lost => {
+                let back = node
+                    .rejoin()
+                    .and_then(|()| node.tracker().publish(&info, info.pieces));
+                if back.is_ok() {
+                    lost = false;
+                    say(format!(
+                        "vod: back with the tracker at {}",
+                        node.tracker_addr
+                    ));
+                }
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if let Err(e) = node.heartbeat() {
-                    return Err(format!("lost the tracker: {e}"));
+                    lost = true;
+                    say(format!(
+                        "vod: lost the tracker ({e}); still serving, trying again every {} s",
+                        REJOIN.as_secs()
+                    ));
                 }
             }
             Err(_) => return Err("the signal thread ended".into()),
@@ -559,8 +606,7 @@ pub fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
         None => None,
     };
     let node = g.net.join()?;
-    let tracker = node.tracker.clone();
-    let (entry, holders) = find(&tracker, &g.name)?;
+    let (entry, holders) = find(&node.tracker(), &g.name)?;
     let info = entry.file;
     say(format!(
         "vod: fetching {} ({} bytes, {} pieces) from {} holders: {}",
@@ -611,14 +657,33 @@ pub fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
             loop {
                 let have = p.held().min(info.pieces);
                 if have > told {
-                    match node.tracker.publish(&info, have) {
+                    match node.tracker().publish(&info, have) {
                         Ok(_) => told = have,
-                        Err(e) => log::warn!("vod: publish failed: {e}"),
+                        Err(e) => {
+                            // The tracker is gone: register again (and
+                            // publish again) when it is back.
+                            log::warn!("vod: publish failed: {e}");
+                            if node.rejoin().is_ok() {
+                                say(format!(
+                                    "vod: back with the tracker at {}",
+                                    node.tracker_addr
+                                ));
+                                told = 0;
+                                continue;
+                            }
+                        }
                     }
                 }
                 if last_beat.elapsed() >= HEARTBEAT {
                     last_beat = libnet::time::now();
-                    let _ = node.heartbeat();
+                    if node.heartbeat().is_err() && node.rejoin().is_ok() {
+                        say(format!(
+                            "vod: back with the tracker at {}",
+                            node.tracker_addr
+                        ));
+                        told = 0;
+                        continue;
+                    }
                 }
                 if let Err(RecvTimeoutError::Disconnected) = beat_stopped.recv_timeout(HAVE_PERIOD)
                 {
@@ -642,7 +707,7 @@ pub fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
             if !fetching.get() {
                 return;
             }
-            let Ok(hs) = node.tracker.holders(&name, MAX_HOLDERS) else {
+            let Ok(hs) = node.tracker().holders(&name, MAX_HOLDERS) else {
                 continue;
             };
             for h in hs {
@@ -779,7 +844,7 @@ pub fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
     }
     if (g.seed || url.is_some()) && stopped.is_none() {
         // Tell the tracker at once what we hold.
-        let _ = tracker.publish(&info, held);
+        let _ = node.tracker().publish(&info, held);
         match &url {
             Some(u) => say(format!("vod: serving {u} and seeding until Ctrl-C")),
             None => say(format!("vod: seeding {} until Ctrl-C", info.name)),
