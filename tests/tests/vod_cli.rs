@@ -227,7 +227,8 @@ fn share_list_fetch_and_errors() {
     // The tracker dies and comes back: the seeder keeps serving, registers
     // again and is listed again (its heartbeat notices within 10 s).
     tracker.kill();
-    tracker = start_tracker();
+    // Kept until the end (killed when dropped).
+    let _tracker = start_tracker();
     seeder.wait_line("back with the tracker", Duration::from_secs(30));
     let list = text(&vod(&bins, &["list", "--tracker", &t]).stdout);
     assert!(list.contains("1 holders (1 complete)"), "{list}");
