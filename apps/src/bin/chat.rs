@@ -18,20 +18,21 @@
 //! ```text
 //!  stdin thread ──lines──► main coroutine: runs commands one at a time
 //!                                │ punch: Job::Connect ─┐
-//!  dispatcher: tracker notifications                    ▼
+//!  dispatcher (libnet's Puncher): tracker notifications ▼
 //!    PunchNotify answering our attempt ──► its waiter   worker: one punch at a time
-//!    PunchNotify from someone else ──► Job::Accept ───► (connect or accept_peer)
+//!    PunchNotify from someone else ──► Job::Accept ───► (introduce + punch, or Puncher::accept_peer)
+//!  probe router: the socket's raw datagrams ──► the punch their token names
 //!  one reader per peer connection: ChatMessage ──► "[FROM] TEXT"
 //!  heartbeat: Update every 30 s, NAT keepalive every 15 s
 //!  every output line ──► printer thread ──► stdout
 //! ```
 //!
-//! Punches run one at a time because a punch reads the socket's raw
-//! datagrams and drops those of other attempts, and a direct accept takes
-//! whichever connection arrives first. Our own attempts are not made with
+//! Punches run one at a time because a direct accept takes whichever
+//! connection arrives first. Our own attempts are not made with
 //! `connect::connect_peer`: it waits for the tracker's answer with
 //! `TrackerClient::next_notification`, which would race with the
-//! dispatcher (and drops other notifications); the steps are the same.
+//! dispatcher; `Puncher::introduce` waits for the dispatcher to hand it
+//! over instead, then the steps are the same.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -44,8 +45,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use libnet::nat;
 use libnet::net::UdpSocket;
-use libnet::p2p::client::{classify_nat, peer_addrs, punch, whoami_rudp, Hello, TrackerClient};
-use libnet::p2p::connect::{accept_peer, Options, Path};
+use libnet::p2p::client::{classify_nat, whoami_rudp, Hello, ProbeRouter, TrackerClient};
+use libnet::p2p::connect::{Options, Path, Puncher};
 use libnet::p2p::registry::LOBBY;
 use libnet::p2p::wire::Message;
 use libnet::p2p::{relay, rudp_config, NatType, NodeId, NodeInfo, Role};
@@ -271,7 +272,7 @@ enum Job {
 struct App {
     me: NodeId,
     sock: Rc<RudpSocket>,
-    tracker: TrackerClient,
+    tracker: Rc<TrackerClient>,
     tracker_udp: SocketAddr,
     relay: Option<SocketAddr>,
     public: SocketAddr,
@@ -281,8 +282,10 @@ struct App {
     out: Sender<String>,
     name: RefCell<Option<String>>,
     peers: RefCell<HashMap<NodeId, Peer>>,
-    /// Our attempts waiting for the tracker to introduce the peer, by token.
-    waiting: RefCell<HashMap<u64, oneshot::Sender<Result<NodeInfo, String>>>>,
+    /// Introductions and punches through the tracker (probes routed by
+    /// `router`).
+    puncher: Puncher,
+    router: Rc<ProbeRouter>,
     jobs: Sender<Job>,
     /// Set once we are leaving: the tracker closing its end is expected.
     leaving: Cell<bool>,
@@ -309,20 +312,26 @@ fn run(setup: Setup, out: Sender<String>, input: Receiver<Input>) -> Result<(), 
         })
         .map_err(|e| format!("the tracker refused us: {e}"))?;
     let (jobs, job_rx) = channel(MAX_JOBS);
+    let sock = Rc::new(sock);
+    let tracker = Rc::new(tracker);
+    let router = Rc::new(ProbeRouter::new(sock.clone()));
+    let opts = Options::default();
+    let puncher = Puncher::new(tracker.clone(), router.clone(), me, opts);
     let app = Rc::new(App {
         me,
-        sock: Rc::new(sock),
+        sock,
         tracker,
         tracker_udp: setup.tracker_udp,
         relay: setup.relay,
         public: welcome.public.unwrap_or(public),
         local,
         nat,
-        opts: Options::default(),
+        opts,
         out,
         name: RefCell::new(None),
         peers: RefCell::new(HashMap::new()),
-        waiting: RefCell::new(HashMap::new()),
+        puncher,
+        router,
         jobs,
         leaving: Cell::new(false),
     });
@@ -338,6 +347,8 @@ fn run(setup: Setup, out: Sender<String>, input: Receiver<Input>) -> Result<(), 
             .map_or_else(|| "none".to_string(), |r| r.to_string()),
     ));
     {
+        let a = app.clone();
+        drop(libnet::spawn(move || a.router.route()));
         let a = app.clone();
         drop(libnet::spawn(move || dispatch(&a)));
         let a = app.clone();
@@ -545,27 +556,17 @@ impl App {
             return Err(format!("punch {name}: already {MAX_PEERS} peers connected"));
         }
         let token = random_u64();
-        let (tx, rx) = oneshot::channel();
-        self.waiting.borrow_mut().insert(token, tx);
-        let intro = match self.tracker.punch_request(self.me, node, LOBBY, token) {
-            Ok(()) => match rx.recv_timeout(self.opts.notify) {
-                Ok(r) => r,
-                Err(_) => Err(format!(
-                    "{name} did not answer through the tracker in {:?}",
+        let peer = self
+            .puncher
+            .introduce(node, LOBBY, token)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut => format!(
+                    "punch {name}: {name} did not answer through the tracker in {:?}",
                     self.opts.notify
-                )),
-            },
-            Err(e) => Err(e.to_string()),
-        };
-        self.waiting.borrow_mut().remove(&token);
-        let peer = intro.map_err(|e| format!("punch {name}: {e}"))?;
-        let attempt = match punch(
-            &self.sock,
-            self.me,
-            peer_addrs(&peer),
-            token,
-            self.opts.punch,
-        ) {
+                ),
+                _ => format!("punch {name}: {e}"),
+            })?;
+        let attempt = match self.puncher.punch(&peer, token) {
             Ok(addr) => self
                 .sock
                 .connect(addr)
@@ -609,15 +610,10 @@ impl App {
                 "refused {who}: already {MAX_PEERS} peers connected"
             ));
         }
-        match accept_peer(
-            &self.sock,
-            &self.tracker,
-            self.me,
-            peer,
-            token,
-            self.relay,
-            self.opts,
-        ) {
+        match self
+            .puncher
+            .accept_peer(&self.sock, peer, token, self.relay)
+        {
             Ok(pc) => {
                 let path = pc.path();
                 let conn = pc.into_connection();
@@ -689,55 +685,26 @@ fn path_text(p: Path) -> String {
     }
 }
 
-/// Routes the tracker's notifications: a `PunchNotify` answering one of
-/// our attempts goes to it, any other is someone who wants to connect.
+/// Routes the tracker's notifications (libnet's `Puncher`): a
+/// `PunchNotify` answering one of our attempts goes to it, any other is
+/// someone who wants to connect.
 fn dispatch(app: &Rc<App>) {
-    loop {
-        match app.tracker.next_notification(None) {
-            Ok(Message::PunchNotify { peer, token }) => {
-                let waiter = app.waiting.borrow_mut().remove(&token);
-                match waiter {
-                    Some(w) => {
-                        let _ = w.send(Ok(peer));
-                    }
-                    None => {
-                        let id = peer.id;
-                        if app.jobs.try_send(Job::Accept { peer, token }).is_err() {
-                            app.error(format!(
-                                "too busy to answer {} (punches queued)",
-                                hex_id(id)
-                            ));
-                        }
-                    }
-                }
-            }
-            Ok(Message::Error { text, .. }) => {
-                // The tracker could not pass a punch request on (the peer
-                // left): it fails the attempt waiting (one at a time).
-                let waiter = {
-                    let mut w = app.waiting.borrow_mut();
-                    let token = w.keys().next().copied();
-                    token.and_then(|t| w.remove(&t))
-                };
-                match waiter {
-                    Some(w) => {
-                        let _ = w.send(Err(format!("tracker: {text}")));
-                    }
-                    None => app.error(format!("tracker: {}", one_line(&text))),
-                }
-            }
-            Ok(other) => log::debug!("chat: ignoring {} from the tracker", other.name()),
-            Err(e) => {
-                if !app.leaving.get() {
-                    app.error(e);
-                }
-                let waiting: Vec<_> = app.waiting.borrow_mut().drain().collect();
-                for (_, w) in waiting {
-                    let _ = w.send(Err("the tracker connection is gone".into()));
-                }
-                return;
+    let (tx, rx) = channel::<(NodeInfo, u64)>(MAX_JOBS);
+    let a = app.clone();
+    drop(libnet::spawn(move || {
+        while let Ok((peer, token)) = rx.recv() {
+            let id = peer.id;
+            if a.jobs.try_send(Job::Accept { peer, token }).is_err() {
+                a.error(format!(
+                    "too busy to answer {} (punches queued)",
+                    hex_id(id)
+                ));
             }
         }
+    }));
+    let e = app.puncher.dispatch(&tx);
+    if !app.leaving.get() {
+        app.error(e);
     }
 }
 

@@ -126,7 +126,21 @@ pub fn accept_peer(
     opts: Options,
 ) -> io::Result<PeerConn> {
     tracker.punch_request(me, peer.id, peer.room, token)?;
-    match punch(sock, me, peer_addrs(peer), token, opts.punch) {
+    let punched = punch(sock, me, peer_addrs(peer), token, opts.punch);
+    accept_punched(sock, punched, peer, token, relay, opts)
+}
+
+/// The answering side once the punch has run: accepts the peer's
+/// connection over the punched path, or meets it at `relay`.
+fn accept_punched(
+    sock: &RudpSocket,
+    punched: io::Result<SocketAddr>,
+    peer: &NodeInfo,
+    token: u64,
+    relay: Option<SocketAddr>,
+    opts: Options,
+) -> io::Result<PeerConn> {
+    match punched {
         Ok(addr) => {
             let (conn, from) = sock.accept_timeout(Some(opts.accept))?;
             if from != addr {
@@ -328,6 +342,20 @@ impl Puncher {
     pub fn punch(&self, peer: &NodeInfo, token: u64) -> io::Result<SocketAddr> {
         self.router
             .punch(self.me, peer_addrs(peer), token, self.opts.punch)
+    }
+
+    /// [`accept_peer`] through this puncher: answers the introduction,
+    /// then accepts the peer's connection on `sock` (the socket the
+    /// router serves), or meets it at `relay` when punching fails.
+    pub fn accept_peer(
+        &self,
+        sock: &RudpSocket,
+        peer: &NodeInfo,
+        token: u64,
+        relay: Option<SocketAddr>,
+    ) -> io::Result<PeerConn> {
+        let punched = self.answer(peer, token);
+        accept_punched(sock, punched, peer, token, relay, self.opts)
     }
 
     /// Answers an introduction passed on by [`Puncher::dispatch`]: asks
