@@ -350,14 +350,17 @@ impl Seeder {
 
     /// Sends piece `id` of `room`, or `FragmentMissing` if it is not held.
     fn piece(&self, conn: &RudpConnection, room: RoomId, id: u64) -> io::Result<()> {
-        let piece = {
+        let job = {
             let files = self.inner.files.borrow();
             files.get(&room).and_then(|s| {
                 u32::try_from(id)
                     .ok()
-                    .and_then(|i| s.file.borrow().read(i).ok())
+                    .and_then(|i| s.file.borrow().reader(i).ok())
             })
         };
+        // Read and verified on the thread pool (a slow disk parks only
+        // this connection's writer).
+        let piece = job.and_then(|job| libnet::spawn_blocking(job).ok());
         let Some(mut data) = piece else {
             let m = Message::FragmentMissing {
                 room,

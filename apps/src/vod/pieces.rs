@@ -23,6 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::index::{sha256, FileIndex};
 
@@ -82,7 +83,8 @@ pub struct PieceFile {
     /// Where the data is now: `path`, or `path.part` while incomplete.
     data_path: PathBuf,
     /// The open data file.
-    file: File,
+    /// Shared with the jobs of [`PieceFile::reader`].
+    file: Arc<File>,
     /// Pieces held: bit i is byte i / 8, bit i % 8 (least significant
     /// first), as the wire's buffer maps.
     have: Vec<u8>,
@@ -109,7 +111,7 @@ impl PieceFile {
     /// (`InvalidData` otherwise). The content is not hashed here; every
     /// [`PieceFile::read`] verifies its piece.
     pub fn open_complete(path: &Path, index: &FileIndex) -> io::Result<PieceFile> {
-        let file = File::open(path)?;
+        let file = Arc::new(File::open(path)?);
         let len = file.metadata()?.len();
         if len != index.size {
             return Err(io::Error::new(
@@ -189,7 +191,7 @@ impl PieceFile {
             index: index.clone(),
             path: path.to_path_buf(),
             data_path: part,
-            file,
+            file: Arc::new(file),
             have: vec![0; bitmap_len(index.pieces())],
             count: 0,
             contiguous: 0,
@@ -245,25 +247,37 @@ impl PieceFile {
     /// held; `InvalidData` if the disk no longer holds what it should (the
     /// file was changed under us).
     pub fn read(&self, i: u32) -> io::Result<Vec<u8>> {
+        self.reader(i)?()
+    }
+
+    /// [`PieceFile::read`] as a job for any thread (it holds its own handle
+    /// on the file): `NotFound` at once if piece `i` is not held; the job
+    /// reads and verifies it.
+    pub fn reader(&self, i: u32) -> io::Result<impl FnOnce() -> io::Result<Vec<u8>> + Send + 'static> {
         if !self.have(i) {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("piece {i} is not held"),
             ));
         }
-        let mut buf = vec![0; self.index.piece_len(i)];
-        self.file
-            .read_exact_at(&mut buf, self.index.piece_range(i).start)?;
-        if !self.index.verify_piece(i, &buf) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "piece {i} of {} does not match its hash: the file changed",
-                    self.data_path.display()
-                ),
-            ));
-        }
-        Ok(buf)
+        let file = self.file.clone();
+        let (range, len) = (self.index.piece_range(i), self.index.piece_len(i));
+        let hash = self.index.hashes[i as usize];
+        let path = self.data_path.clone();
+        Ok(move || {
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, range.start)?;
+            if sha256(&buf) != hash {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "piece {i} of {} does not match its hash: the file changed",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(buf)
+        })
     }
 
     /// Stores piece `i` if `data` is that piece (length and hash checked
@@ -311,7 +325,7 @@ impl PieceFile {
     /// [`PieceFile::finished`]. Reads keep working meanwhile and after
     /// (the open file survives the rename).
     pub fn finisher(&self) -> io::Result<impl FnOnce() -> io::Result<()> + Send + 'static> {
-        let file = self.file.try_clone()?;
+        let file = self.file.clone();
         let (from, to) = (self.data_path.clone(), self.path.clone());
         Ok(move || {
             file.sync_all()?;

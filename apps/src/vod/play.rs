@@ -104,7 +104,10 @@ impl Playback {
             return Ok(None);
         }
         let range = index.piece_range(i);
-        let piece = f.read(i)?;
+        let job = f.reader(i)?;
+        drop(f);
+        // Read and verified on the thread pool.
+        let piece = libnet::spawn_blocking(job)?;
         // offset lies in the piece: both differences fit the piece.
         let from = (offset - range.start) as usize;
         let to = piece.len().min(from.saturating_add(max));
