@@ -253,7 +253,10 @@ impl PieceFile {
     /// [`PieceFile::read`] as a job for any thread (it holds its own handle
     /// on the file): `NotFound` at once if piece `i` is not held; the job
     /// reads and verifies it.
-    pub fn reader(&self, i: u32) -> io::Result<impl FnOnce() -> io::Result<Vec<u8>> + Send + 'static> {
+    pub fn reader(
+        &self,
+        i: u32,
+    ) -> io::Result<impl FnOnce() -> io::Result<Vec<u8>> + Send + 'static> {
         if !self.have(i) {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
