@@ -292,3 +292,26 @@ pub fn jnum(x: f64) -> String {
         "null".into()
     }
 }
+
+/// A bench's `main`: its checked flags from `parse` (an error: status 2),
+/// then `run` (an error: status 1), each error on stderr after `name`.
+pub fn bench_main<C>(
+    name: &str,
+    parse: impl FnOnce() -> Result<C, String>,
+    run: impl FnOnce(&C) -> Result<(), String>,
+) -> std::process::ExitCode {
+    let cfg = match parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(&cfg) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

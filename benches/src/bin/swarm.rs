@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use benches::procs::{
-    addr, check_ports, complete_lines, interrupt, jnum, pause, quantile, stop_flag, Port, Proc,
+    addr, bench_main, check_ports, complete_lines, interrupt, jnum, pause, quantile, stop_flag,
+    Port, Proc,
 };
 
 /// The edge key of the bench's tracker, edge and source.
@@ -101,20 +102,7 @@ fn parse() -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    let cfg = match parse() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("swarm-bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&cfg) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("swarm-bench: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench_main("swarm-bench", parse, run)
 }
 
 fn run(cfg: &Config) -> Result<(), String> {

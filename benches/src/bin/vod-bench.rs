@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::Parser;
 
 use benches::procs::{
-    addr, check_ports, complete_lines, interrupt, jnum, quantile, stop_flag, Port, Proc,
+    addr, bench_main, check_ports, complete_lines, interrupt, jnum, quantile, stop_flag, Port, Proc,
 };
 
 /// The programs of `p2p-apps` the bench runs.
@@ -131,20 +131,7 @@ fn parse() -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    let cfg = match parse() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("vod-bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&cfg) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vod-bench: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench_main("vod-bench", parse, run)
 }
 
 /// The bench's temporary directory: `data/` (the test file, the key, the
