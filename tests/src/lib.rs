@@ -567,3 +567,25 @@ pub fn test_hello(
         key: key.to_vec(),
     }
 }
+
+/// Deterministic test data: `len` bytes of an xorshift stream from `seed`.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// [`wait_until`] with 10 s, panicking with `what` if `cond` never holds.
+/// Use inside a coroutine.
+pub fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        wait_until(Duration::from_secs(10), cond),
+        "timed out waiting until {what}"
+    );
+}

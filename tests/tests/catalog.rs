@@ -14,8 +14,7 @@ use libnet::p2p::wire::{
     self, CatalogEntry, Decoder, ErrorCode, FileInfo, Message, INDEX_LEN, MAX_FILE_NAME,
 };
 use libnet::p2p::{NatType, NodeId, Role};
-use libnet::time::sleep;
-use libnet_tests::{bounded, loopback_tracker, run_on, test_hello};
+use libnet_tests::{bounded, eventually, loopback_tracker, run_on, test_hello};
 
 const KEY: &[u8] = b"test-edge-key";
 const T: Duration = Duration::from_secs(5);
@@ -53,17 +52,6 @@ fn movie(index: u8) -> FileInfo {
         pieces: 100,
         index: [index; INDEX_LEN],
     }
-}
-
-/// Polls `cond` every 20 ms for up to 10 s.
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if cond() {
-            return;
-        }
-        sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting until {what}");
 }
 
 /// The loopback address of a tracker listening on a wildcard address.

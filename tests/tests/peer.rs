@@ -23,7 +23,7 @@ use libnet::p2p::wire::Message;
 use libnet::p2p::{rudp_config, Channel};
 use libnet::rudp::{Config, RudpConnection, RudpSocket};
 use libnet::time::sleep;
-use libnet_tests::{bounded, run_on, LATE};
+use libnet_tests::{bounded, pattern, run_on, LATE};
 
 const ROOM: u32 = 42;
 const T: Duration = Duration::from_secs(10);
@@ -31,19 +31,6 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 fn any() -> SocketAddr {
     "127.0.0.1:0".parse().expect("valid")
-}
-
-/// Deterministic test data.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Small windows and buffers: a connection whose reader does not read

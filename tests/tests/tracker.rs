@@ -12,8 +12,7 @@ use libnet::p2p::client::{whoami, Hello, TrackerClient};
 use libnet::p2p::tracker::Tracker;
 use libnet::p2p::wire::Message;
 use libnet::p2p::{Role, Strategy};
-use libnet::time::sleep;
-use libnet_tests::{bounded, loopback_tracker, run_on, test_hello};
+use libnet_tests::{bounded, eventually, loopback_tracker, run_on, test_hello};
 
 const KEY: &[u8] = b"test-edge-key";
 const T: Duration = Duration::from_secs(5);
@@ -28,17 +27,6 @@ fn start(links: Vec<SocketAddr>) -> Tracker {
 
 fn hello(node: u64, role: Role, room: u32, key: &[u8]) -> Hello {
     test_hello(node, role, room, key)
-}
-
-/// Polls `cond` every 20 ms for up to 10 s.
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if cond() {
-            return;
-        }
-        sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[test]

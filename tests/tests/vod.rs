@@ -18,7 +18,7 @@ use libnet::p2p::rudp_config;
 use libnet::p2p::wire::Message;
 use libnet::rudp::RudpSocket;
 use libnet::time::sleep;
-use libnet_tests::{bounded, run_on};
+use libnet_tests::{bounded, pattern, run_on};
 use p2p_apps::signed::RoomKey;
 use p2p_apps::vod::net::{
     fetch, fetch_from, Candidate, FetchConfig, FetchStats, Seeder, SeederConfig,
@@ -28,19 +28,6 @@ use p2p_apps::vod::{FileIndex, PieceFile, SignedIndex};
 const PIECE: usize = 60_000;
 const LIMIT: Duration = Duration::from_secs(120);
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Deterministic test data.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A fresh directory for one test.
 fn dir(test: &str) -> PathBuf {
