@@ -663,6 +663,8 @@ pub fn fetch(
     let mut unfinished = false;
     // The last holder that could not be reached, and why.
     let mut unreachable: Option<String> = None;
+    // The last holder whose index was refused, and why.
+    let mut bad_index: Option<String> = None;
     // The pieces wanted, once the index is known.
     let mut want = 0..0;
     let mut load: Option<IndexLoad> = None;
@@ -710,8 +712,9 @@ pub fn fetch(
         let alive = hs.iter().any(|h| h.link != Link::Dropped) || !waiting.is_empty();
         // Before any index, with no holder up: say why they could not be
         // reached rather than that none answered.
-        let why = |what: &str| match (&index, &unreachable, tried_index.is_empty()) {
-            (None, Some(u), true) => format!("vod: no holder could be reached (last: {u})"),
+        let why = |what: &str| match (&index, &unreachable, &bad_index, tried_index.is_empty()) {
+            (None, Some(u), _, true) => format!("vod: no holder could be reached (last: {u})"),
+            (None, _, Some(b), _) => format!("vod: {what} (last refused: {b})"),
             _ => format!("vod: {what}"),
         };
         if !more && !alive {
@@ -737,6 +740,7 @@ pub fn fetch(
                 .is_some_and(|l| now.duration_since(l.since) > INDEX_TIMEOUT)
             {
                 let k = load.take().map_or(0, |l| l.from);
+                bad_index = Some(format!("{}: no index within {INDEX_TIMEOUT:?}", hs[k].label));
                 drop_holder(&mut hs, &mut stats, k);
             }
             if load.as_ref().is_some_and(|l| !hs[l.from].usable()) {
@@ -975,11 +979,19 @@ pub fn fetch(
                                 };
                                 index = Some((s, file));
                             }
-                            _ => drop_holder(&mut hs, &mut stats, k),
+                            refused => {
+                                let why = match refused {
+                                    Err(e) => e.to_string(),
+                                    Ok(_) => "its index is another file's".into(),
+                                };
+                                bad_index = Some(format!("{}: {why}", hs[k].label));
+                                drop_holder(&mut hs, &mut stats, k);
+                            }
                         }
                     }
                     Err(()) => {
                         load = None;
+                        bad_index = Some(format!("{}: a malformed index answer", hs[k].label));
                         drop_holder(&mut hs, &mut stats, k);
                     }
                 }

@@ -788,9 +788,6 @@ pub fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
                 info.name,
                 e.strip_prefix("vod: ").unwrap_or(&e)
             );
-            if g.publisher.is_some() && e.contains("valid index") {
-                why.push_str(" (signed by another key than --publisher?)");
-            }
             if part.exists() {
                 why.push_str(&format!("; {} kept for resuming", part.display()));
             }
