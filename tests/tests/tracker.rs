@@ -260,3 +260,63 @@ fn chat_names_lists_and_punches_are_tracked() {
         });
     });
 }
+
+/// An introduction that carries the token of an attempt we answered (the
+/// other side answering back, late or again) is not a new attempt: the
+/// `Puncher` drops it instead of answering, or two nodes would answer each
+/// other forever.
+#[test]
+fn a_puncher_does_not_answer_its_own_attempts_back() {
+    use libnet::p2p::client::ProbeRouter;
+    use libnet::p2p::connect::{Options, Puncher};
+    use libnet::p2p::{registry::LOBBY, rudp_config, NodeInfo};
+    use libnet::rudp::RudpSocket;
+    use std::rc::Rc;
+    bounded(Duration::from_secs(60), || {
+        run_on(1, || {
+            let t = start(Vec::new());
+            let node = |id: u64| {
+                let sock = Rc::new(RudpSocket::bind(any(), rudp_config()).expect("bind"));
+                let local = sock.local_addr().expect("addr");
+                let tracker = Rc::new(TrackerClient::connect(t.tcp_addr(), T).expect("connect"));
+                let mut h = hello(id, Role::Peer, LOBBY, &[]);
+                h.local = local;
+                h.public = Some(local);
+                tracker.hello(&h).expect("hello");
+                let router = Rc::new(ProbeRouter::new(sock.clone()));
+                let r = router.clone();
+                drop(libnet::spawn(move || r.route()));
+                let p = Rc::new(Puncher::new(tracker, router, id, Options::default()));
+                let (tx, rx) = libnet::sync::channel::<(NodeInfo, u64)>(8);
+                let d = p.clone();
+                drop(libnet::spawn(move || drop(d.dispatch(&tx))));
+                (sock, p, rx)
+            };
+            let (_sa, a, a_in) = node(1);
+            let (_sb, b, b_in) = node(2);
+            // A wants B: B hears of it and answers; A's attempt takes it.
+            let attempt = {
+                let a = a.clone();
+                libnet::spawn(move || a.connect(2, LOBBY))
+            };
+            let (peer, token) = b_in.recv_timeout(T).expect("B hears of A");
+            assert_eq!(peer.id, 1);
+            b.answer(&peer, token).expect("B punches back");
+            let (got, _) = attempt.join().expect("joins").expect("A reaches B");
+            assert_eq!(got.id, 2);
+            // A answers again with the same token (as after a timeout on
+            // one side): B has answered that token, so B drops it.
+            let b_info = got;
+            let late = libnet::spawn(move || a.answer(&b_info, token));
+            assert!(
+                b_in.recv_timeout(Duration::from_secs(1)).is_err(),
+                "B must not take its own attempt back as a new one"
+            );
+            drop(late.join());
+            assert!(
+                a_in.try_recv().ok().flatten().is_none(),
+                "nothing new for A"
+            );
+        })
+    });
+}

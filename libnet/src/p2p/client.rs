@@ -747,7 +747,17 @@ impl ProbeRouter {
         config: crate::nat::punch::Config,
     ) -> io::Result<SocketAddr> {
         let (tx, rx) = crate::sync::channel(PROBES_QUEUED);
-        self.attempts.borrow_mut().insert(token, tx);
+        {
+            let mut attempts = self.attempts.borrow_mut();
+            if attempts.contains_key(&token) {
+                // Replacing it would starve the running one of probes.
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("a punch with token {token:016x} is already running"),
+                ));
+            }
+            attempts.insert(token, tx);
+        }
         // Unregistered however this ends (also when unwound).
         let _gone = Unregister(self, token);
         punch_via(

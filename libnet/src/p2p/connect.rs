@@ -230,7 +230,15 @@ pub struct Puncher {
     opts: Options,
     /// Our attempts waiting for their introduction, by token.
     waiting: RefCell<HashMap<u64, oneshot::Sender<NodeInfo>>>,
+    /// Tokens of attempts we made or answered lately (at most
+    /// [`RECENT`]): an introduction carrying one is the other side's
+    /// answer coming late (ours gave up) or a repeat, never a new attempt,
+    /// and answering it would make the two sides answer each other forever.
+    recent: RefCell<std::collections::VecDeque<u64>>,
 }
+
+/// Tokens remembered in [`Puncher`]'s `recent`.
+const RECENT: usize = 256;
 
 /// Attempts of our own waiting for the tracker at once; more fail at once.
 const MAX_WAITING: usize = 256;
@@ -250,6 +258,7 @@ impl Puncher {
             me,
             opts,
             waiting: RefCell::new(HashMap::new()),
+            recent: RefCell::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -271,6 +280,9 @@ impl Puncher {
                     match waiter {
                         Some(w) => {
                             let _ = w.send(peer);
+                        }
+                        None if self.recent.borrow().contains(&token) => {
+                            log::debug!("punch: dropped a late or repeated introduction");
                         }
                         None => {
                             if incoming.try_send((peer, token)).is_err() {
@@ -323,6 +335,7 @@ impl Puncher {
         }
         // Removed however this ends.
         let _gone = Forget(&self.waiting, token);
+        self.remember(token);
         self.tracker.punch_request(self.me, to, room, token)?;
         match rx.recv_timeout(self.opts.notify) {
             Ok(p) => Ok(p),
@@ -362,9 +375,19 @@ impl Puncher {
     /// the tracker to introduce us back and punches. Returns the address
     /// that works both ways; the peer then connects to us with RUDP.
     pub fn answer(&self, peer: &NodeInfo, token: u64) -> io::Result<SocketAddr> {
+        self.remember(token);
         self.tracker
             .punch_request(self.me, peer.id, peer.room, token)?;
         self.punch(peer, token)
+    }
+
+    /// Notes `token` as one of ours (see `recent`).
+    fn remember(&self, token: u64) {
+        let mut recent = self.recent.borrow_mut();
+        if recent.len() >= RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(token);
     }
 }
 
