@@ -62,7 +62,8 @@ struct Args {
     room: Option<RoomId>,
     /// Fetch and play this on-demand file instead of watching a room (as
     /// `vod fetch NAME`): needs --out; --stdout and --http play it while it
-    /// downloads (the HTTP URL is http://ADDR/NAME).
+    /// downloads (the HTTP URL is http://ADDR/NAME); --room-key is then the
+    /// publisher's key the file's index must be signed with.
     #[arg(long, value_name = "NAME", conflicts_with = "room", requires = "out")]
     file: Option<String>,
     /// Record the stream (MPEG-TS) to this file.
@@ -79,12 +80,12 @@ struct Args {
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:0")]
     bind: SocketAddr,
     /// Peers to pull from at most (0: the edge only).
-    #[arg(long, value_name = "N", default_value_t = 8,
+    #[arg(long, value_name = "N", default_value_t = 8, conflicts_with = "file",
           value_parser = clap::value_parser!(u64).range(0..=64))]
     peers: u64,
     /// How far behind the live edge playback runs, in milliseconds: the
     /// time the swarm has to bring each fragment.
-    #[arg(long, value_name = "MS", default_value_t = 1500,
+    #[arg(long, value_name = "MS", default_value_t = 1500, conflicts_with = "file",
           value_parser = clap::value_parser!(u64).range(200..=30_000))]
     delay_ms: u64,
     /// The room's public key (64 hex digits), if known: refuses an edge
@@ -92,16 +93,16 @@ struct Args {
     #[arg(long, value_name = "HEX")]
     room_key: Option<String>,
     /// Print the status as a JSON line every second instead of a text line.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "file")]
     json: bool,
     /// No status lines.
     #[arg(long, conflicts_with = "json")]
     quiet: bool,
     /// Stop after this many seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", conflicts_with = "file")]
     duration: Option<u64>,
     /// Write the final figures as JSON to this file at exit.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "file")]
     stats_file: Option<PathBuf>,
     /// Testing only: corrupt every fragment served to other peers.
     #[arg(long, hide = true)]
@@ -176,7 +177,8 @@ fn file_setup(a: Args, name: String) -> Result<program::Get, String> {
         start_ms: 0,
         end_ms: None,
         upload: program::seeder_config(0),
-        publisher: None,
+        // The publisher's key, when given: the index must be signed by it.
+        publisher: program::Get::publisher(a.room_key.as_deref())?,
         seed: false,
     })
 }

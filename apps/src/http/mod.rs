@@ -119,6 +119,17 @@ impl Server {
         self.addr
     }
 
+    /// The URL of the file route (`Routes::file`), for players; `None`
+    /// without one.
+    pub fn file_url(&self) -> Option<String> {
+        let (name, _) = self.routes.file.as_ref()?;
+        Some(format!(
+            "http://{}/{}",
+            self.addr,
+            file::percent_encode(name)
+        ))
+    }
+
     /// Accepts clients in a coroutine on the current loop, serving each in
     /// a coroutine of its own there, until the runtime stops. Call it from
     /// inside the runtime, on the loop that uses the [`Hub`].

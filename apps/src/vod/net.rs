@@ -617,6 +617,40 @@ impl Holder {
     fn usable(&self) -> bool {
         self.link == Link::Up
     }
+    /// Takes a `Map` of pieces `first..` (bit `j` of byte `b`: piece
+    /// `first + 8b + j`), pieces at or past `n` ignored. A map starting on
+    /// a byte boundary (a seeder's always does) is copied bytewise.
+    fn set_map(&mut self, first: u64, bits: &[u8], n: u32) {
+        let n = u64::from(n);
+        if !first.is_multiple_of(8) {
+            for (b, byte) in bits.iter().enumerate() {
+                for bit in 0..8 {
+                    let i = first + (b * 8 + bit) as u64;
+                    if i < n {
+                        // i < n ≤ u32::MAX.
+                        self.set(i as u32, byte & (1 << bit) != 0);
+                    }
+                }
+            }
+            return;
+        }
+        if first >= n {
+            return;
+        }
+        // Both fit: first < n ≤ u32::MAX.
+        let start = (first / 8) as usize;
+        let len = bits.len().min(((n - first).div_ceil(8)) as usize);
+        if self.bits.len() < start + len {
+            self.bits.resize(start + len, 0);
+        }
+        self.bits[start..start + len].copy_from_slice(&bits[..len]);
+        // Bits past the last piece stay clear.
+        let end = first + 8 * len as u64;
+        if end > n {
+            let keep = 8 - (end - n) as u32;
+            self.bits[start + len - 1] &= ((1u16 << keep) - 1) as u8;
+        }
+    }
 }
 
 /// The signed index being read from one holder.
@@ -740,7 +774,10 @@ pub fn fetch(
                 .is_some_and(|l| now.duration_since(l.since) > INDEX_TIMEOUT)
             {
                 let k = load.take().map_or(0, |l| l.from);
-                bad_index = Some(format!("{}: no index within {INDEX_TIMEOUT:?}", hs[k].label));
+                bad_index = Some(format!(
+                    "{}: no index within {INDEX_TIMEOUT:?}",
+                    hs[k].label
+                ));
                 drop_holder(&mut hs, &mut stats, k);
             }
             if load.as_ref().is_some_and(|l| !hs[l.from].usable()) {
@@ -1008,16 +1045,7 @@ pub fn fetch(
                 let n = index
                     .as_ref()
                     .map_or(super::index::MAX_PIECES, |(s, _)| s.index().pieces());
-                for (b, byte) in bits.iter().enumerate() {
-                    for bit in 0..8 {
-                        let i = first + (b * 8 + bit) as u64;
-                        if let Ok(i) = u32::try_from(i) {
-                            if i < n {
-                                hs[k].set(i, byte & (1 << bit) != 0);
-                            }
-                        }
-                    }
-                }
+                hs[k].set_map(first, &bits, n);
             }
             Event::Msg(k, Message::FragmentMissing { room: r, ids, .. }) if r == room => {
                 for id in ids {
@@ -1306,5 +1334,13 @@ mod tests {
         assert!(h.has(9) && !h.has(8) && h.bits.len() == 2);
         h.set(9, false);
         assert!(!h.has(9));
+        // Maps: bytewise from a byte boundary, bits past `n` cleared; the
+        // same result bit by bit from elsewhere.
+        h.set_map(16, &[0xFF, 0xFF], 20);
+        assert!((16..20).all(|i| h.has(i)) && !(20..32).any(|i| h.has(i)));
+        h.set_map(3, &[0b101], 100);
+        assert!(h.has(3) && !h.has(4) && h.has(5));
+        h.set_map(200, &[0xFF], 100);
+        assert!(!h.has(200));
     }
 }

@@ -26,7 +26,7 @@ const RECHECK: Duration = Duration::from_millis(500);
 /// The file being downloaded, as players see it.
 pub struct Playback {
     playhead: Rc<Cell<u64>>,
-    file: RefCell<Option<(FileIndex, Rc<RefCell<PieceFile>>)>>,
+    file: RefCell<Option<Rc<RefCell<PieceFile>>>>,
     failed: RefCell<Option<String>>,
     waiters: RefCell<Vec<Sender<()>>>,
 }
@@ -64,14 +64,16 @@ impl Playback {
     }
 
     /// The download's file is open (its index verified): readers may go.
-    pub fn open(&self, index: &FileIndex, file: Rc<RefCell<PieceFile>>) {
-        *self.file.borrow_mut() = Some((index.clone(), file));
+    pub fn open(&self, file: Rc<RefCell<PieceFile>>) {
+        *self.file.borrow_mut() = Some(file);
         self.stored();
     }
 
-    /// The index, once open.
-    pub fn index(&self) -> Option<FileIndex> {
-        self.file.borrow().as_ref().map(|(i, _)| i.clone())
+    /// `f` of the file's index, once open.
+    fn with_index<T>(&self, f: impl FnOnce(&FileIndex) -> T) -> Option<T> {
+        let file = self.file.borrow().clone()?;
+        let file = file.borrow();
+        Some(f(file.index()))
     }
 
     /// A piece was stored: parked readers look again.
@@ -90,9 +92,8 @@ impl Playback {
     /// The bytes at `offset` (up to `max`, within one piece) if held;
     /// `Ok(None)` if not yet.
     fn try_read(&self, offset: u64, max: usize) -> io::Result<Option<Vec<u8>>> {
-        let file = match &*self.file.borrow() {
-            Some((_, f)) => f.clone(),
-            None => return Ok(None),
+        let Some(file) = self.file.borrow().clone() else {
+            return Ok(None);
         };
         let f = file.borrow();
         let index = f.index();
@@ -117,14 +118,11 @@ impl Playback {
 
 impl FileBody for Playback {
     fn size(&self) -> u64 {
-        self.file.borrow().as_ref().map_or(0, |(i, _)| i.size)
+        self.with_index(|i| i.size).unwrap_or(0)
     }
 
     fn offset_at(&self, ms: u64) -> u64 {
-        self.file
-            .borrow()
-            .as_ref()
-            .map_or(0, |(i, _)| i.offset_at(ms))
+        self.with_index(|i| i.offset_at(ms)).unwrap_or(0)
     }
 
     fn read_at(&self, offset: u64, max: usize) -> io::Result<Vec<u8>> {
@@ -166,8 +164,6 @@ mod tests {
     fn a_reader_waits_for_its_piece_and_moves_the_playhead() {
         let d = temp("wait");
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let src = d.join("src.bin");
-        std::fs::write(&src, &data).expect("write");
         let index = FileIndex::from_reader("x.ts", &data[..], 1024, 0, Vec::new()).expect("index");
         let out = d.join("out.bin");
         let want = data[5000..5120].to_vec();
@@ -180,14 +176,20 @@ mod tests {
                     PieceFile::open_partial(&out, &index).expect("partial"),
                 ));
                 let p = Playback::new();
+                let done = Rc::new(Cell::new(false));
                 let reader = {
-                    let p = p.clone();
-                    libnet::spawn(move || p.read_at(5000, 100_000))
+                    let (p, done) = (p.clone(), done.clone());
+                    libnet::spawn(move || {
+                        let r = p.read_at(5000, 100_000);
+                        done.set(true);
+                        r
+                    })
                 };
                 libnet::time::sleep(Duration::from_millis(20));
-                // Not open yet: it waits; then the index but not the piece.
-                p.open(&index, file.clone());
+                assert!(!done.get(), "not open yet: the reader waits");
+                p.open(file.clone());
                 libnet::time::sleep(Duration::from_millis(20));
+                assert!(!done.get(), "open, but the piece is missing: it waits");
                 assert_eq!(p.playhead().get(), 5000, "the playhead is where it reads");
                 let r = index.piece_range(4);
                 file.borrow_mut()

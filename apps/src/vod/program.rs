@@ -31,7 +31,7 @@ use crate::signed::{hex, RoomKey, RoomPublic};
 use crate::{concrete_bind, tracker_addrs};
 
 /// Piece size of shared files: one piece travels as one RUDP message.
-const PIECE: usize = 60_000;
+const PIECE: usize = super::net::MAX_NET_PIECE;
 /// Tracker heartbeat period.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 /// How often a downloader tells the tracker how much it holds.
@@ -111,10 +111,9 @@ const INTRODUCTIONS: usize = 64;
 /// connection is made again with [`Node::rejoin`].
 struct Node {
     sock: Rc<RudpSocket>,
-    /// Our tracker's address, and the connection to it (replaced by
-    /// [`Node::rejoin`]).
+    /// Our tracker's address (its connection is its puncher's, replaced
+    /// by [`Node::rejoin`]).
     tracker_addr: SocketAddr,
-    tracker: RefCell<Rc<TrackerClient>>,
     public: SocketAddr,
     hello: Hello,
     router: Rc<ProbeRouter>,
@@ -139,7 +138,6 @@ impl Node {
         let node = Rc::new(Node {
             sock,
             tracker_addr: tracker.tracker_addr(),
-            tracker: RefCell::new(tracker.clone()),
             public,
             hello,
             router,
@@ -152,7 +150,7 @@ impl Node {
 
     /// Our tracker connection.
     fn tracker(&self) -> Rc<TrackerClient> {
-        self.tracker.borrow().clone()
+        self.own_puncher().tracker().clone()
     }
 
     /// Punches through `tracker` (at `addr`) from now on: its notifications
@@ -197,7 +195,6 @@ impl Node {
     fn rejoin(&self) -> io::Result<()> {
         let t = Rc::new(TrackerClient::connect(self.tracker_addr, TRACKER_TIMEOUT)?);
         t.hello(&self.hello)?;
-        *self.tracker.borrow_mut() = t.clone();
         self.add_puncher(self.tracker_addr, t);
         Ok(())
     }
@@ -503,7 +500,10 @@ impl Get {
         hex.map(|h| {
             RoomPublic::from_hex(h)
                 .map(|k| k.to_bytes())
-                .ok_or_else(|| "--publisher is a public key of 64 hex digits".to_string())
+                .ok_or_else(|| {
+                    "a publisher key is 64 hex digits (--publisher, or --room-key with --file)"
+                        .to_string()
+                })
         })
         .transpose()
     }
@@ -551,19 +551,6 @@ fn to_stdout(play: &Playback, from: u64, to: u64) -> Result<u64, String> {
         at += n;
     }
     Ok(at - from)
-}
-
-/// `name` as a URL path segment (RFC 3986 unreserved characters kept).
-fn url_path(name: &str) -> String {
-    let mut s = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            s.push(char::from(b));
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    s
 }
 
 /// What the download's coroutines share.
@@ -723,15 +710,13 @@ pub fn get(g: Get, sig: &Receiver<i32>) -> Result<(), String> {
 
     let seeder = Seeder::start(node.sock.clone(), g.upload.clone());
     let (done_tx, done_rx) = channel::<Result<u64, String>>(1);
-    let url = server
-        .as_ref()
-        .map(|s| format!("http://{}/{}", s.local_addr(), url_path(&info.name)));
+    let url = server.as_ref().and_then(Server::file_url);
     let on_open = {
         let (play, start_ms, end_ms, stdout) = (play.clone(), g.start_ms, g.end_ms, g.stdout);
         let (url, p) = (url.clone(), progress.clone());
         Box::new(move |s: &SignedIndex, file: &Rc<RefCell<PieceFile>>| {
             *p.file.borrow_mut() = Some(file.clone());
-            play.open(s.index(), file.clone());
+            play.open(file.clone());
             let from = s.index().offset_at(start_ms);
             let to = end_ms.map_or(s.index().size, |e| s.index().offset_after(e));
             play.playhead().set(from);
