@@ -18,7 +18,7 @@ use libnet::p2p::rudp_config;
 use libnet::p2p::wire::Message;
 use libnet::rudp::RudpSocket;
 use libnet::time::sleep;
-use libnet_tests::{bounded, pattern, run_on};
+use libnet_tests::{bounded, eventually, pattern, run_on};
 use p2p_apps::signed::RoomKey;
 use p2p_apps::vod::net::{
     fetch, fetch_from, Candidate, FetchConfig, FetchStats, Seeder, SeederConfig,
@@ -237,9 +237,7 @@ fn a_holder_that_leaves_does_not_stop_the_download() {
                         .1
                 })
             };
-            while seen.get() < 1_000_000 {
-                sleep(Duration::from_millis(10));
-            }
+            eventually("1 MB came", || seen.get() >= 1_000_000);
             a.seeder.stop();
             drop(a.socket.take());
             let stats = job.join().expect("fetch");
@@ -312,7 +310,8 @@ fn a_tampered_index_is_refused() {
                 &out,
                 FetchConfig::default(),
             );
-            assert!(r.is_err(), "a tampered index is refused");
+            let e = r.expect_err("a tampered index is refused").to_string();
+            assert!(e.contains("signature"), "refused for its signature: {e}");
             // An index signed by someone else is refused too.
             let good = full(&o, &d, "good");
             let other = RoomKey::generate().expect("key").public().to_bytes();
@@ -320,7 +319,13 @@ fn a_tampered_index_is_refused() {
                 publisher: Some(other),
                 ..FetchConfig::default()
             };
-            assert!(fetch_from(&socket(), &[good.addr], o.signed.id(), &out, config).is_err());
+            let e = fetch_from(&socket(), &[good.addr], o.signed.id(), &out, config)
+                .expect_err("another publisher's index is refused")
+                .to_string();
+            assert!(
+                e.contains("another publisher"),
+                "refused for its publisher: {e}"
+            );
             // Beside a good holder that connects later (so the tamperer's
             // index is read first): dropped, the download comes from the
             // other.
@@ -535,16 +540,12 @@ fn the_playhead_comes_first_and_a_span_fetches_only_its_pieces() {
                 let f = opened.borrow().clone();
                 f.map_or(0, |f| r.filter(|&i| f.borrow().have(i)).count())
             };
-            while held(75..100) < 10 {
-                sleep(Duration::from_millis(20));
-            }
+            eventually("ten pieces from the playhead", || held(75..100) >= 10);
             assert_eq!(held(0..75), 0, "nothing before the playhead yet");
             // A seek back to 6 s: the pieces there come next.
             playhead.set(index.offset_at(6_000));
             let before = held(75..100);
-            while held(10..14) < 4 {
-                sleep(Duration::from_millis(20));
-            }
+            eventually("the pieces after the seek", || held(10..14) >= 4);
             assert!(
                 held(75..100) <= before + 10,
                 "after the seek, at most what was in flight came from the old place"

@@ -159,8 +159,7 @@ fn share_list_fetch_and_errors() {
     let list = text(&vod(&bins, &["list", "--tracker", &t]).stdout);
     assert!(list.contains("3 holders (3 complete)"), "{list}");
     for mut s in shares {
-        let st = s.interrupt(Duration::from_secs(10));
-        assert!(st.is_some_and(|st| st.success()), "{}", s.stderr());
+        s.stop().expect("a clean stop");
         assert!(s.stderr().contains("stopping on SIGINT"), "{}", s.stderr());
     }
     // The viewer program fetches files too, and plays them over HTTP:
@@ -194,8 +193,7 @@ fn share_list_fetch_and_errors() {
         body.len()
     );
     viewer.wait_line("fetched movie.ts", Duration::from_secs(30));
-    let st = viewer.interrupt(Duration::from_secs(10));
-    assert!(st.is_some_and(|st| st.success()), "{}", viewer.stderr());
+    viewer.stop().expect("a clean stop");
     assert!(std::fs::read(&viewed).expect("the viewed file") == original);
 
     let list = text(&vod(&bins, &["list", "--tracker", &t]).stdout);
@@ -233,8 +231,7 @@ fn share_list_fetch_and_errors() {
     let list = text(&vod(&bins, &["list", "--tracker", &t]).stdout);
     assert!(list.contains("1 holders (1 complete)"), "{list}");
 
-    let st = seeder.interrupt(Duration::from_secs(10));
-    assert!(st.is_some_and(|st| st.success()), "{}", seeder.stderr());
+    seeder.stop().expect("a clean stop");
 
     // Clear errors.
     let unknown = vod(

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use libnet_tests::apps::{build_apps, lab_tracker, test_media, Proc};
 use libnet_tests::bounded;
-use libnet_tests::netlab::{Host, Lab, NatKind};
+use libnet_tests::netlab::{output_within, Host, Lab, NatKind};
 use p2p_apps::media::probe;
 
 /// Upload cap of every holder: 16 Mbit/s (2 MB/s).
@@ -256,11 +256,12 @@ fn a_holder_on_a_linked_tracker_is_reached_through_it() {
         holder.wait_line("shared movie.ts", Duration::from_secs(20));
         // The catalog of tracker A lists it once gossip has run.
         let listed = (0..50).any(|_| {
-            let out = ta
-                .command(&vod)
-                .args(["list", "--tracker", &a_addr])
-                .output()
-                .expect("vod list");
+            let out = output_within(
+                ta.command(&vod).args(["list", "--tracker", &a_addr]),
+                None,
+                Duration::from_secs(20),
+            )
+            .expect("vod list");
             if String::from_utf8_lossy(&out.stdout).contains("movie.ts") {
                 return true;
             }
