@@ -259,7 +259,16 @@ impl TrackerClient {
             name: name.into(),
             max,
         })? {
-            Message::Holders { holders, .. } => Ok(holders),
+            // An unspecified tracker address is the tracker asked: put in
+            // the address we reach it at.
+            Message::Holders { mut holders, .. } => {
+                for h in &mut holders {
+                    if h.tracker.ip().is_unspecified() && h.tracker.port() == 0 {
+                        h.tracker = self.tracker;
+                    }
+                }
+                Ok(holders)
+            }
             other => Err(unexpected(&other)),
         }
     }

@@ -398,9 +398,11 @@ fn serve_conn(st: &Rc<State>, conn: TcpStream, addr: SocketAddr, first: Option<M
         let _ = out.try_send(m);
     }
     let mut peer = Peer::Unknown;
-    // This tracker as the other end reached it: what `Holder::tracker`
-    // says of local holders (`st.tcp` may be a wildcard address).
-    let here = conn.local_addr().unwrap_or(st.tcp);
+    // What `Holder::tracker` says of local holders: the unspecified
+    // address, "the tracker you asked" (the client puts in the address it
+    // dialled; ours as seen from here may be private, behind a NAT or a
+    // port forward).
+    let here = SocketAddr::from(([0, 0, 0, 0], 0));
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 16 * 1024];
     // Silent connections go after one TTL (heartbeats come far more often).

@@ -286,7 +286,9 @@ pub struct Holder {
     /// How many of the file's pieces it holds.
     pub have: u32,
     /// The TCP address of the tracker the node is registered on: the one
-    /// to send the `PunchRequest` through.
+    /// to send the `PunchRequest` through. `0.0.0.0:0` on the wire: the
+    /// tracker that answered (`TrackerClient::holders` puts in the address
+    /// it dialled).
     pub tracker: SocketAddr,
 }
 
