@@ -435,8 +435,7 @@ impl Lab {
         match Lab::create(name) {
             Ok(lab) => Some(lab),
             Err(e) => {
-                let must = ["CI", "LIBNET_LAB"].iter().any(|v| env_true(v));
-                if must {
+                if must_run() {
                     panic!(
                         "network lab {name:?} unavailable but required (CI or LIBNET_LAB set): {e}"
                     );
@@ -969,6 +968,12 @@ fn check_name(name: &str) -> io::Result<()> {
 /// swallowed by the test harness's output capture of passing tests.
 fn loud(text: &str) {
     let _ = io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// Whether tests that would skip (no lab, no tool) must fail instead: `CI`
+/// or `LIBNET_LAB` set to something other than empty, `0`, `false`, `no`.
+pub fn must_run() -> bool {
+    ["CI", "LIBNET_LAB"].iter().any(|v| env_true(v))
 }
 
 fn env_true(var: &str) -> bool {
