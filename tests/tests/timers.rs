@@ -767,3 +767,51 @@ fn a_panicking_every_callback_does_not_leave_a_zombie_timer() {
         });
     });
 }
+
+/// A loop that spins before sleeping (`Builder::spin`) may take the wake
+/// timer's event while spinning; the next sleep must still be woken on time.
+///
+/// Timeline (ms after the loop started; all before 128, where the timer
+/// wheel's next level would add a deadline of its own): short sleeps until
+/// 66 grow the spin window to its 25 ms cap; a receive with a timeout at 101
+/// and a sleep until 121 start; the loop spins to 91, finds nothing, arms
+/// the kernel timer for 101 and blocks; another thread sends at 96 (the
+/// receive's deadline goes away; the window halves to 12.5 ms); the next
+/// spin runs to 108.5, past 101, and takes the kernel timer's event. The
+/// loop must then arm the timer again for 121 instead of taking it as armed.
+#[test]
+fn a_wake_timer_event_taken_while_spinning_does_not_lose_the_next_timer() {
+    bounded(Duration::from_secs(20), || {
+        let rt = libnet::Runtime::builder()
+            .loops(1)
+            .spin(Duration::from_millis(25))
+            .build()
+            .expect("runtime");
+        rt.run(|| {
+            let t0 = time::now();
+            let ms = Duration::from_millis;
+            while time::now() < t0 + ms(66) {
+                time::sleep(ms(2));
+            }
+            let (tx, rx) = libnet::sync::channel::<()>(1);
+            let start = time::now();
+            let waiter = libnet::spawn(move || rx.recv_timeout(ms(35)));
+            let sender = thread::spawn(move || {
+                thread::sleep(ms(30));
+                tx.send(())
+            });
+            let started = Instant::now();
+            time::sleep_until(start + ms(55));
+            let elapsed = started.elapsed();
+            // Only the timing is checked: a late sender makes the receive
+            // time out, which is fine (the wake-up is then not taken).
+            let _ = waiter.join().expect("waiter");
+            sender.join().expect("sender").expect("sent");
+            assert!(
+                elapsed < ms(55) + LATE,
+                "the sleep past a spent wake timer took {elapsed:?}"
+            );
+        })
+        .expect("runtime ran");
+    });
+}

@@ -31,6 +31,7 @@ use corosensei::{Coroutine, CoroutineResult, Yielder};
 use slab::Slab;
 
 use super::reactor::Reactor;
+use super::spin::Spin;
 use super::wheel::{TimerId, Wheel};
 use super::RtShared;
 
@@ -230,6 +231,9 @@ pub(crate) struct LoopConfig {
     pub(crate) max_pooled_stacks: usize,
     /// How many queued coroutines run between two polls of the reactor.
     pub(crate) batch: usize,
+    /// The longest an idle loop polls without blocking before it sleeps
+    /// (see `super::spin`); zero: never.
+    pub(crate) spin: Duration,
 }
 
 /// One event loop (see the module docs).
@@ -265,6 +269,8 @@ pub(crate) struct Core {
     now: Cell<Instant>,
     /// Set once the loop has begun shutting down: no new waits, no new tasks.
     stopping: Cell<bool>,
+    /// How long to poll without blocking before sleeping (adaptive).
+    spin: Cell<Spin>,
 }
 
 /// Error returned by waits once the runtime is shutting down.
@@ -281,6 +287,12 @@ impl Core {
         clock: crate::time::Clock,
     ) -> Core {
         let now = clock.now();
+        // A manual clock's loop must block until the test advances it.
+        let spin = Spin::new(if clock.is_manual() {
+            Duration::ZERO
+        } else {
+            config.spin
+        });
         Core {
             remote,
             rt,
@@ -297,6 +309,7 @@ impl Core {
             clock,
             now: Cell::new(now),
             stopping: Cell::new(false),
+            spin: Cell::new(spin),
         }
     }
 
@@ -616,6 +629,42 @@ impl Core {
         Some(at.saturating_duration_since(now))
     }
 
+    /// Polls without blocking for up to the spin window (never past the
+    /// next timer), yielding the CPU between polls to any other runnable
+    /// thread. Returns whether work turned up: a coroutine woken, or a
+    /// message from another thread.
+    fn spin_until_work(&self, start: Instant) -> bool {
+        let window = self.spin.get().window();
+        if window.is_zero() {
+            return false;
+        }
+        let mut until = start + window;
+        if let Some(next) = self.timers.borrow().next_deadline() {
+            until = until.min(self.origin + Duration::from_millis(next));
+        }
+        loop {
+            if let Err(e) = self.reactor.poll(self, Some(Duration::ZERO)) {
+                log::error!("libnet: loop {} poll failed: {e}", self.index());
+                return false;
+            }
+            // This poll may have taken the wake timer's event (armed for a
+            // deadline that has since gone): tell it, or the next sleep
+            // would count on an event that will not come.
+            let now = Instant::now();
+            self.reactor.polled_at(now);
+            if !self.run_queue.borrow().is_empty()
+                || self.remote.pending.load(Ordering::SeqCst)
+                || self.rt.exiting()
+            {
+                return true;
+            }
+            if now >= until {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Runs the loop until the runtime exits, then shuts it down.
     pub(crate) fn run(self: &Rc<Self>) {
         CURRENT.with(|c| *c.borrow_mut() = Some(self.clone()));
@@ -630,7 +679,15 @@ impl Core {
             }
             let busy = !self.run_queue.borrow().is_empty();
             let mut timeout = Some(Duration::ZERO);
-            if !busy {
+            // When this loop went idle, if it measures its idle periods.
+            let mut idle_since = None;
+            let mut spun_into_work = false;
+            if !busy && self.spin.get().enabled() {
+                let start = Instant::now();
+                spun_into_work = self.spin_until_work(start);
+                idle_since = Some(start);
+            }
+            if !busy && !spun_into_work {
                 // Announce the sleep before the last checks, so a sender (or
                 // a manual clock's advance) either sees `sleeping` or is seen here.
                 self.remote.sleeping.store(true, Ordering::SeqCst);
@@ -639,11 +696,18 @@ impl Core {
                     timeout = Some(Duration::ZERO);
                 }
             }
-            if let Err(e) = self.reactor.poll(self, timeout) {
-                log::error!("libnet: loop {} poll failed: {e}", self.index());
+            if !spun_into_work {
+                if let Err(e) = self.reactor.poll(self, timeout) {
+                    log::error!("libnet: loop {} poll failed: {e}", self.index());
+                }
+                self.remote.sleeping.store(false, Ordering::SeqCst);
             }
-            self.remote.sleeping.store(false, Ordering::SeqCst);
             self.now.set(self.clock.now());
+            if let (Some(start), false) = (idle_since, spun_into_work) {
+                let mut spin = self.spin.get();
+                spin.slept(self.now.get().saturating_duration_since(start));
+                self.spin.set(spin);
+            }
             self.reactor.polled_at(self.now.get());
             self.fire_timers(&mut fired);
         }

@@ -11,6 +11,7 @@ pub(crate) mod io;
 mod join;
 pub(crate) mod pool;
 pub(crate) mod reactor;
+mod spin;
 mod wake_timer;
 pub(crate) mod wheel;
 
@@ -22,7 +23,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use join::{join_all, JoinHandle};
 
@@ -95,7 +96,8 @@ impl Default for Builder {
 impl Builder {
     /// Defaults: one loop per core, 256 KiB stacks (only touched pages cost
     /// memory), up to 1,024 pooled stacks per loop, batches of 128
-    /// coroutines between polls, a thread pool of one thread per core.
+    /// coroutines between polls, idle loops spinning up to 30 µs before
+    /// they sleep, a thread pool of one thread per core.
     pub fn new() -> Builder {
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
         Builder {
@@ -104,6 +106,7 @@ impl Builder {
                 stack_size: 256 * 1024,
                 max_pooled_stacks: 1024,
                 batch: 128,
+                spin: Duration::from_micros(30),
             },
             pool_threads: cores.max(2),
             pool_queue: 4096,
@@ -144,6 +147,22 @@ impl Builder {
     pub fn batch(mut self, n: usize) -> Builder {
         self.config.batch = n.max(1);
         self
+    }
+
+    /// The longest an idle loop polls for work without blocking before it
+    /// sleeps (default 30 µs; zero turns it off). The window adapts: it
+    /// grows while events follow each other within `max` of the loop going
+    /// idle (a request/response rhythm, where waking a sleeping thread, or
+    /// on a VM a halted vCPU, costs more than the work) and falls to zero
+    /// when they come less often, so a quiet loop spins nothing.
+    pub fn spin(mut self, max: Duration) -> Builder {
+        self.config.spin = max;
+        self
+    }
+
+    /// The idle spin's maximum (see [`Builder::spin`]).
+    pub fn spin_max(&self) -> Duration {
+        self.config.spin
     }
 
     /// Number of threads of the blocking-work pool ([`crate::spawn_blocking`]).
