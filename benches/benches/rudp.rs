@@ -230,10 +230,22 @@ fn loopback_thread<T: Send + 'static>(
     std::thread::spawn(f)
 }
 
-fn ping_pong_rudp(secs: f64) -> f64 {
+/// Round trips per second of 64-byte messages over one RUDP connection,
+/// each end on its own one-loop runtime; `spin` is the loops' idle spin
+/// (`Builder::spin`: the default 50 µs, or zero to sleep at once).
+fn ping_pong_rudp(secs: f64, spin: Duration) -> f64 {
+    let on_runtime = move |f: Box<dyn FnOnce() -> f64>| {
+        libnet::Runtime::builder()
+            .loops(1)
+            .spin(spin)
+            .build()
+            .expect("runtime")
+            .run(f)
+            .expect("runtime ran")
+    };
     let (tx, rx) = mpsc::channel();
     let server = std::thread::spawn(move || {
-        on_runtime(move || {
+        on_runtime(Box::new(move || {
             let s = RudpSocket::bind("127.0.0.1:0".parse().expect("valid"), Config::default())
                 .expect("bind");
             tx.send(s.local_addr().expect("addr")).expect("ready");
@@ -243,10 +255,11 @@ fn ping_pong_rudp(secs: f64) -> f64 {
                     break;
                 }
             }
-        })
+            0.0
+        }))
     });
     let addr: SocketAddr = rx.recv().expect("ready");
-    let rate = on_runtime(move || {
+    let rate = on_runtime(Box::new(move || {
         let s = RudpSocket::bind("127.0.0.1:0".parse().expect("valid"), Config::default())
             .expect("bind");
         let conn = s.connect(addr).expect("connect");
@@ -270,7 +283,7 @@ fn ping_pong_rudp(secs: f64) -> f64 {
         conn.close();
         while let Ok(Some(_)) = conn.recv() {}
         rate
-    });
+    }));
     server.join().expect("server");
     rate
 }
@@ -379,15 +392,21 @@ fn main() {
             bulk >> 20
         );
     }
-    // Alternate so both see the same machine weather; report the ratio.
-    let (mut ours, mut raw) = (0.0, 0.0);
+    // Alternate so all see the same machine weather; report the ratios.
+    let default_spin = libnet::Runtime::builder().spin_max();
+    let (mut ours, mut asleep, mut raw) = (0.0, 0.0, 0.0);
     for _ in 0..3 {
-        ours += ping_pong_rudp(1.0) / 3.0;
+        ours += ping_pong_rudp(1.0, default_spin) / 3.0;
+        asleep += ping_pong_rudp(1.0, Duration::ZERO) / 3.0;
         raw += ping_pong_raw_kcp(1.0) / 3.0;
     }
     println!(
         "  ping-pong 64 B: Rudp {ours:.0} round trips/s, raw kcp crate {raw:.0} (Rudp/raw {:.2}x)",
         ours / raw
+    );
+    println!(
+        "  ping-pong 64 B, loops never spinning (spin 0): Rudp {asleep:.0} round trips/s (Rudp/raw {:.2}x)",
+        asleep / raw
     );
 
     if std::env::var("RUDP_LAB").is_ok_and(|v| v == "0") {
