@@ -267,3 +267,28 @@ fn share_list_fetch_and_errors() {
 
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `LIBNET_SPIN_US` tunes every program's idle spin; a value that is not a
+/// number of microseconds stops the program with an error naming it.
+#[test]
+fn a_bad_spin_setting_is_refused_clearly() {
+    let bins = build_apps(&["vod"]);
+    let run = |spin: &str| {
+        let mut cmd = Command::new(bins.join("vod"));
+        cmd.args(["list", "--tracker", &addr(BASE + 9)])
+            .env(libnet::runtime::SPIN_ENV, spin);
+        output_within(&mut cmd, None, Duration::from_secs(60)).expect("vod runs")
+    };
+    let bad = run("fast");
+    assert_eq!(bad.status.code(), Some(1));
+    let e = text(&bad.stderr);
+    assert!(
+        e.contains("LIBNET_SPIN_US=fast: expected microseconds"),
+        "{e}"
+    );
+    // A good value gets as far as the tracker (none listens there).
+    let off = run("0");
+    let e = text(&off.stderr);
+    assert!(!e.contains("LIBNET_SPIN_US"), "{e}");
+    assert!(e.contains("vod: error:"), "{e}");
+}

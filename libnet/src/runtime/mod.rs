@@ -85,6 +85,33 @@ pub struct Builder {
     pool_threads: usize,
     pool_queue: usize,
     clock: crate::time::Clock,
+    /// Whether [`Builder::spin`] was called (it then wins over
+    /// `LIBNET_SPIN_US`).
+    spin_set: bool,
+}
+
+/// The environment variable that sets the idle spin's maximum in
+/// microseconds for runtimes whose builder did not ([`Builder::spin`]).
+pub const SPIN_ENV: &str = "LIBNET_SPIN_US";
+
+/// The idle spin from [`SPIN_ENV`], if set.
+fn spin_from_env() -> stdio::Result<Option<Duration>> {
+    let Some(v) = std::env::var_os(SPIN_ENV) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&us| us <= 1_000_000)
+        .map(|us| Some(Duration::from_micros(us)))
+        .ok_or_else(|| {
+            stdio::Error::new(
+                stdio::ErrorKind::InvalidInput,
+                format!(
+                    "{SPIN_ENV}={}: expected microseconds from 0 (no spinning) to 1000000",
+                    v.to_string_lossy()
+                ),
+            )
+        })
 }
 
 impl Default for Builder {
@@ -111,6 +138,7 @@ impl Builder {
             pool_threads: cores.max(2),
             pool_queue: 4096,
             clock: crate::time::Clock::system(),
+            spin_set: false,
         }
     }
 
@@ -154,15 +182,23 @@ impl Builder {
     /// grows while events follow each other within `max` of the loop going
     /// idle (a request/response rhythm, where waking a sleeping thread, or
     /// on a VM a halted vCPU, costs more than the work) and falls to zero
-    /// when they come less often, so a quiet loop spins nothing.
+    /// when they come less often, so a quiet loop spins nothing. Without
+    /// this call, `LIBNET_SPIN_US` ([`SPIN_ENV`]) sets it, in microseconds
+    /// (`0`: off), for programs built on libnet.
     pub fn spin(mut self, max: Duration) -> Builder {
         self.config.spin = max;
+        self.spin_set = true;
         self
     }
 
-    /// The idle spin's maximum (see [`Builder::spin`]).
+    /// The idle spin's maximum the runtime will use (see [`Builder::spin`];
+    /// an unusable `LIBNET_SPIN_US` counts as unset here, and
+    /// [`Builder::build`] reports it).
     pub fn spin_max(&self) -> Duration {
-        self.config.spin
+        if self.spin_set {
+            return self.config.spin;
+        }
+        spin_from_env().ok().flatten().unwrap_or(self.config.spin)
     }
 
     /// Number of threads of the blocking-work pool ([`crate::spawn_blocking`]).
@@ -179,7 +215,12 @@ impl Builder {
     }
 
     /// Creates the pollers; no thread starts until [`Runtime::run`].
-    pub fn build(self) -> stdio::Result<Runtime> {
+    pub fn build(mut self) -> stdio::Result<Runtime> {
+        if !self.spin_set {
+            if let Some(spin) = spin_from_env()? {
+                self.config.spin = spin;
+            }
+        }
         let mut polls = Vec::with_capacity(self.loops);
         let mut remotes = Vec::with_capacity(self.loops);
         for i in 0..self.loops {
