@@ -268,18 +268,19 @@ fn share_list_fetch_and_errors() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-/// `LIBNET_SPIN_US` tunes every program's idle spin; a value that is not a
-/// number of microseconds stops the program with an error naming it.
+/// Bad settings stop `vod` at once with an error naming them: a
+/// `LIBNET_SPIN_US` that is not a number of microseconds, a `--bind` port
+/// in use (before the file is read), a flag `list` does not take.
 #[test]
-fn a_bad_spin_setting_is_refused_clearly() {
+fn bad_settings_are_refused_clearly() {
     let bins = build_apps(&["vod"]);
-    let run = |spin: &str| {
+    let run = |args: &[&str], spin: &str| {
         let mut cmd = Command::new(bins.join("vod"));
-        cmd.args(["list", "--tracker", &addr(BASE + 9)])
-            .env(libnet::runtime::SPIN_ENV, spin);
+        cmd.args(args).env(libnet::runtime::SPIN_ENV, spin);
         output_within(&mut cmd, None, Duration::from_secs(60)).expect("vod runs")
     };
-    let bad = run("fast");
+    let list = ["list", "--tracker", &addr(BASE + 9)];
+    let bad = run(&list, "fast");
     assert_eq!(bad.status.code(), Some(1));
     let e = text(&bad.stderr);
     assert!(
@@ -287,8 +288,35 @@ fn a_bad_spin_setting_is_refused_clearly() {
         "{e}"
     );
     // A good value gets as far as the tracker (none listens there).
-    let off = run("0");
+    let off = run(&list, "0");
     let e = text(&off.stderr);
     assert!(!e.contains("LIBNET_SPIN_US"), "{e}");
-    assert!(e.contains("vod: error:"), "{e}");
+    assert!(e.contains("vod: error: cannot reach the tracker"), "{e}");
+
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("a port to take");
+    let port = taken.local_addr().expect("addr").to_string();
+    // Not `dir()`: that one belongs to the test running beside this one.
+    let d = std::env::temp_dir().join(format!("p2p-live-vod-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    let file = d.join("some.bin");
+    std::fs::write(&file, vec![7u8; 100_000]).expect("file");
+    let file = file.to_string_lossy().into_owned();
+    let share = run(
+        &[
+            "share",
+            &file,
+            "--bind",
+            &port,
+            "--tracker",
+            &addr(BASE + 9),
+        ],
+        "30",
+    );
+    assert_eq!(share.status.code(), Some(1));
+    let e = text(&share.stderr);
+    assert!(e.contains(&format!("cannot bind {port} (--bind)")), "{e}");
+
+    let udp_flag = run(&["list", "--tracker-udp", "127.0.0.1:3478"], "30");
+    assert_eq!(udp_flag.status.code(), Some(2));
+    drop(std::fs::remove_dir_all(&d));
 }

@@ -64,8 +64,9 @@ enum Cmd {
         /// Only the names that start with this.
         #[arg(default_value = "")]
         prefix: String,
-        #[command(flatten)]
-        tracker: TrackerFlags,
+        /// The tracker's TCP address (listing needs no UDP).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7000")]
+        tracker: String,
     },
     /// Downloads a file from its holders.
     Fetch {
@@ -153,7 +154,7 @@ fn main() -> ExitCode {
             start("vod", setup, share)
         }
         Cmd::List { prefix, tracker } => {
-            let setup = tracker_addrs(&tracker.tracker, None).map(|(t, _)| (t, prefix));
+            let setup = tracker_addrs(&tracker, None).map(|(t, _)| (t, prefix));
             start("vod", setup, |(t, p), _| list(t, &p))
         }
         Cmd::Fetch {

@@ -61,8 +61,18 @@ impl Net {
     /// Binds the RUDP socket, learns our public address, registers in the
     /// tracker's lobby and starts answering punches (see [`Node`]).
     fn join(&self) -> Result<Rc<Node>, String> {
-        let sock = RudpSocket::bind(self.bind, rudp_config())
-            .map_err(|e| format!("cannot bind {} (--bind): {e}", self.bind))?;
+        self.join_with(self.bind()?)
+    }
+
+    /// Binds the RUDP socket (`--bind`), so that a port in use is reported
+    /// before any long work.
+    fn bind(&self) -> Result<RudpSocket, String> {
+        RudpSocket::bind(self.bind, rudp_config())
+            .map_err(|e| format!("cannot bind {} (--bind): {e}", self.bind))
+    }
+
+    /// [`Net::join`] on a socket [`Net::bind`] made.
+    fn join_with(&self, sock: RudpSocket) -> Result<Rc<Node>, String> {
         let local = sock.local_addr().map_err(|e| e.to_string())?;
         let tracker = TrackerClient::connect(self.tracker, TRACKER_TIMEOUT).map_err(|e| {
             format!(
@@ -361,13 +371,16 @@ pub fn share(s: Share, sig: &Receiver<i32>) -> Result<(), String> {
         return Err(format!("file not found: {}", s.file.display()));
     }
     let key = key_from(s.key_file.as_deref())?;
+    // Bound before indexing (which reads the whole file): a port in use is
+    // reported at once.
+    let sock = s.net.bind()?;
     let (name, path) = (s.name.clone(), s.file.clone());
     let index = libnet::spawn_blocking(move || index_file(&name, &path, PIECE))
         .map_err(|e| format!("cannot index {}: {e}", s.file.display()))?;
     let signed = SignedIndex::sign(index, &key).map_err(|e| format!("cannot sign: {e}"))?;
     let piece_file = PieceFile::open_complete(&s.file, signed.index())
         .map_err(|e| format!("cannot open {}: {e}", s.file.display()))?;
-    let node = s.net.join()?;
+    let node = s.net.join_with(sock)?;
     let seeder = Seeder::start(node.sock.clone(), s.upload.clone());
     seeder
         .add(&signed, Rc::new(RefCell::new(piece_file)))
