@@ -739,7 +739,7 @@ pub fn fetch(
         }
         if let Some((_, file)) = &index {
             let f = file.borrow();
-            if f.complete() || want.clone().all(|i| f.have(i)) {
+            if f.complete() || f.holds(want.clone()) {
                 break Ok(());
             }
         }
@@ -828,13 +828,9 @@ pub fn fetch(
                 .map_or(0, |p| signed.index().piece_of(p.get()));
             let order: Vec<u32> = {
                 let f = file.borrow();
-                let ahead = f.missing().skip_while(|&i| i < from);
-                let behind = f.missing().take_while(|&i| i < from);
-                ahead
-                    .chain(behind)
-                    .filter(|i| want.contains(i))
-                    .take(config.window * 4)
-                    .collect()
+                let ahead = f.missing_in(from.max(want.start)..want.end);
+                let behind = f.missing_in(want.start..from.min(want.end));
+                ahead.chain(behind).take(config.window * 4).collect()
             };
             // Pieces wanted soon ahead of the playhead that nobody is asked
             // for, while pieces outside them are in flight (a seek): take
