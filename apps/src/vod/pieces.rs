@@ -714,7 +714,8 @@ mod tests {
         }
         // An empty or backwards range has nothing missing.
         assert_eq!(missing_bits(&[0], 5..5).count(), 0);
-        assert_eq!(missing_bits(&[0], 6..2).count(), 0);
+        let (from, to) = (6, 2);
+        assert_eq!(missing_bits(&[0], from..to).count(), 0);
     }
 
     #[test]
