@@ -26,7 +26,7 @@
 //! ```
 //!
 //! Modules: [`runtime`] (loops, coroutines, join handles), [`time`] (sleep,
-//! intervals, callback timers), [`sync`] (channels), [`net`] (TCP, UDP,
+//! intervals, callback timers), [`sync`] (channels, semaphore), [`net`] (TCP, UDP,
 //! socket options). See `docs/runtime.md` for how waiting and waking work.
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]

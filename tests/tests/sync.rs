@@ -1,5 +1,6 @@
 //! Channels: ping-pong on one loop, across loops and with plain threads;
-//! back-pressure; disconnection; timeouts; MPMC delivery; oneshot.
+//! back-pressure; disconnection; timeouts; MPMC delivery; oneshot;
+//! the semaphore.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -7,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use libnet::sync::{channel, oneshot, RecvError, RecvTimeoutError, SendError, TrySendError};
+use libnet::sync::{
+    channel, oneshot, AcquireError, RecvError, RecvTimeoutError, Semaphore, SendError, TrySendError,
+};
 use libnet::time;
 use libnet_tests::{bounded, check_elapsed, run_on, wait_until};
 
@@ -599,5 +602,273 @@ fn channel_ends_are_send_and_work_from_a_pool_thread() {
             let sum = libnet::spawn_blocking(move || rx.iter().sum::<u32>());
             assert_eq!(sum, (0..100).sum());
         });
+    });
+}
+
+#[test]
+fn semaphore_permits_are_never_exceeded_across_loops_and_threads() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    bounded(LIMIT, || {
+        const PERMITS: usize = 3;
+        const TASKS: usize = 40;
+        const ROUNDS: usize = 200;
+        let sem = Semaphore::new(PERMITS);
+        let (holders, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        // Holds a permit for a while, counting who else holds one meanwhile.
+        let hold = {
+            let (holders, max) = (holders.clone(), max.clone());
+            move |p: libnet::sync::Permit, pause: &dyn Fn()| {
+                let n = holders.fetch_add(1, SeqCst) + 1;
+                max.fetch_max(n, SeqCst);
+                pause();
+                holders.fetch_sub(1, SeqCst);
+                drop(p);
+            }
+        };
+        let s = sem.clone();
+        let h = hold.clone();
+        run_on(3, move || {
+            let mut tasks = Vec::new();
+            for i in 0..TASKS {
+                let (sem, hold) = (s.clone(), h.clone());
+                tasks.push(libnet::spawn_on(i % 3, move || {
+                    let mut timeouts = 0;
+                    for r in 0..ROUNDS {
+                        // Every fourth task waits with short timeouts, so
+                        // waiters leave the queue while permits are handed on.
+                        let p = if i % 4 == 0 {
+                            match sem.acquire_timeout(Duration::from_micros(200)) {
+                                Ok(p) => p,
+                                Err(AcquireError::Timeout) => {
+                                    timeouts += 1;
+                                    continue;
+                                }
+                                Err(e) => panic!("acquire_timeout: {e}"),
+                            }
+                        } else if r % 5 == 0 {
+                            match sem.try_acquire() {
+                                Some(p) => p,
+                                None => continue,
+                            }
+                        } else {
+                            sem.acquire().expect("acquire")
+                        };
+                        hold(p, &|| {
+                            if r % 3 == 0 {
+                                time::sleep(Duration::from_micros(100));
+                            } else {
+                                libnet::yield_now();
+                            }
+                        });
+                    }
+                    timeouts
+                }));
+            }
+            // Two plain threads compete too.
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (sem, hold) = (s.clone(), h.clone());
+                    thread::spawn(move || {
+                        for _ in 0..ROUNDS {
+                            let p = sem.acquire().expect("acquire on a thread");
+                            hold(p, &thread::yield_now);
+                        }
+                    })
+                })
+                .collect();
+            let timeouts: usize = tasks.into_iter().map(|t| t.join().expect("task")).sum();
+            libnet::spawn_blocking(move || {
+                for t in threads {
+                    t.join().expect("thread");
+                }
+            });
+            eprintln!("semaphore stress: {timeouts} timed-out acquires");
+        });
+        let max = max.load(SeqCst);
+        assert!(
+            max <= PERMITS,
+            "{max} holders at once with {PERMITS} permits"
+        );
+        assert!(max >= 1);
+        assert_eq!(holders.load(SeqCst), 0);
+        assert_eq!(sem.waiting(), 0, "a waiter was left in the queue");
+        assert_eq!(sem.available(), PERMITS, "a permit was lost");
+    });
+}
+
+#[test]
+fn semaphore_waiters_are_served_in_arrival_order() {
+    bounded(LIMIT, || {
+        run_on(2, || {
+            const WAITERS: usize = 8;
+            let sem = Semaphore::new(1);
+            let held = sem.acquire().expect("free permit");
+            let order = Arc::new(Mutex::new(Vec::new()));
+            let mut coroutines = Vec::new();
+            let mut threads = Vec::new();
+            for i in 0..WAITERS {
+                let (s, order) = (sem.clone(), order.clone());
+                let take = move || {
+                    let p = s.acquire().expect("acquire");
+                    order.lock().expect("lock").push(i);
+                    drop(p);
+                };
+                // Alternate loops, with one plain thread in the queue.
+                if i == 5 {
+                    threads.push(thread::spawn(take));
+                } else {
+                    coroutines.push(libnet::spawn_on(i % 2, take));
+                }
+                // Queue them one at a time, so arrival order is known.
+                assert!(
+                    wait_until(Duration::from_secs(10), || sem.waiting() == i + 1),
+                    "waiter {i} did not queue"
+                );
+            }
+            drop(held);
+            // Handed to the first waiter, not freed: a newcomer cannot take it.
+            assert!(sem.try_acquire().is_none(), "a newcomer overtook the queue");
+            for c in coroutines {
+                c.join().expect("waiter");
+            }
+            libnet::spawn_blocking(move || {
+                for t in threads {
+                    t.join().expect("thread");
+                }
+            });
+            assert_eq!(
+                *order.lock().expect("lock"),
+                (0..WAITERS).collect::<Vec<_>>()
+            );
+            assert_eq!(sem.available(), 1);
+        });
+    });
+}
+
+#[test]
+fn a_timed_out_semaphore_waiter_does_not_lose_a_wake_up() {
+    bounded(LIMIT, || {
+        run_on(2, || {
+            let sem = Semaphore::new(1);
+            let held = sem.acquire().expect("free permit");
+            let want = Duration::from_millis(30);
+            // First in the queue: gives up early.
+            let quitter = {
+                let sem = sem.clone();
+                libnet::spawn_on(1, move || {
+                    let start = Instant::now();
+                    let r = sem.acquire_timeout(want).map(drop);
+                    (r, start.elapsed())
+                })
+            };
+            assert!(wait_until(Duration::from_secs(10), || sem.waiting() == 1));
+            // Second: waits as long as it takes.
+            let waiter = {
+                let sem = sem.clone();
+                libnet::spawn(move || sem.acquire_timeout(Duration::from_secs(30)).map(drop))
+            };
+            assert!(wait_until(Duration::from_secs(10), || sem.waiting() == 2));
+            let (r, took) = quitter.join().expect("quitter");
+            assert_eq!(r, Err(AcquireError::Timeout));
+            ok(check_elapsed("acquire_timeout", took, want));
+            assert_eq!(sem.waiting(), 1, "the quitter stayed in the queue");
+            // The permit goes to the remaining waiter, not to the one gone.
+            drop(held);
+            assert_eq!(waiter.join().expect("waiter"), Ok(()));
+            assert_eq!(sem.available(), 1);
+            // A zero timeout with a free permit still takes it; without one
+            // it fails at once.
+            let p = sem.acquire_timeout(Duration::ZERO).expect("free permit");
+            assert_eq!(
+                sem.acquire_timeout(Duration::ZERO).map(drop),
+                Err(AcquireError::Timeout)
+            );
+            drop(p);
+            assert_eq!(sem.waiting(), 0);
+        });
+    });
+}
+
+#[test]
+fn dropping_a_permit_wakes_a_waiter_on_another_loop_or_thread() {
+    bounded(LIMIT, || {
+        run_on(2, || {
+            let sem = Semaphore::new(1);
+            let waiter = |sem: Semaphore| {
+                libnet::spawn_on(1, move || {
+                    let p = sem.acquire().expect("acquire");
+                    (libnet::current_loop(), p)
+                })
+            };
+            // Dropped on loop 0, the waiter is on loop 1.
+            let held = sem.acquire().expect("free permit");
+            let h = waiter(sem.clone());
+            assert!(wait_until(Duration::from_secs(10), || sem.waiting() == 1));
+            time::sleep(Duration::from_millis(10));
+            assert!(!h.is_finished(), "acquired while the permit was held");
+            drop(held);
+            let (at, held) = h.join().expect("waiter");
+            assert_eq!(at, Some(1));
+            // Dropped on a plain thread.
+            let h = waiter(sem.clone());
+            assert!(wait_until(Duration::from_secs(10), || sem.waiting() == 1));
+            let t = thread::spawn(move || drop(held));
+            let (at, held) = h.join().expect("waiter");
+            assert_eq!(at, Some(1));
+            libnet::spawn_blocking(move || t.join().expect("thread"));
+            drop(held);
+            assert_eq!(sem.available(), 1);
+        });
+    });
+}
+
+#[test]
+fn a_semaphore_waiter_unwound_at_shutdown_leaves_the_queue_or_passes_its_permit_on() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    bounded(LIMIT, || {
+        let sem = Semaphore::new(1);
+        // Parked in the queue when the runtime stops: it is unwound and
+        // must leave the queue.
+        let held = sem.try_acquire().expect("free permit");
+        let s = sem.clone();
+        run_on(2, move || {
+            let w = s.clone();
+            drop(libnet::spawn_on(1, move || {
+                if w.acquire().is_ok() {
+                    panic!("acquired a permit that is held");
+                }
+            }));
+            assert!(wait_until(Duration::from_secs(10), || s.waiting() == 1));
+        });
+        assert_eq!(sem.waiting(), 0, "an unwound waiter stayed in the queue");
+        drop(held);
+        assert_eq!(sem.available(), 1);
+        // Handed a permit, then unwound before it could run (main returns
+        // without yielding, so the woken waiter is never resumed): the
+        // permit must come back.
+        let s = sem.clone();
+        let resumed = Arc::new(AtomicBool::new(false));
+        let r = resumed.clone();
+        run_on(1, move || {
+            let held = s.acquire().expect("free permit");
+            let w = s.clone();
+            drop(libnet::spawn(move || {
+                let p = w.acquire();
+                r.store(true, SeqCst);
+                drop(p);
+            }));
+            libnet::yield_now();
+            assert_eq!(s.waiting(), 1);
+            drop(held);
+        });
+        assert!(!resumed.load(SeqCst), "the waiter ran after main returned");
+        assert_eq!(sem.waiting(), 0);
+        assert_eq!(
+            sem.available(),
+            1,
+            "the permit handed to an unwound waiter was lost"
+        );
+        // Outside a runtime acquire blocks the thread, and works.
+        drop(sem.acquire().expect("acquire on a plain thread"));
     });
 }

@@ -34,7 +34,7 @@ use libnet::p2p::wire::{ErrorCode, Message};
 use libnet::p2p::{relay, rudp_config, Channel, NatType, NodeId, NodeInfo, Role, RoomId, Strategy};
 use libnet::rand::random_u64;
 use libnet::rudp::RudpSocket;
-use libnet::sync::{channel, Receiver, RecvTimeoutError, Sender};
+use libnet::sync::{channel, AcquireError, Receiver, RecvTimeoutError, Semaphore, Sender};
 use libnet::time::sleep;
 use p2p_apps::http::{Hub, Routes, Server};
 use p2p_apps::media::frag::Depacketizer;
@@ -338,8 +338,8 @@ struct App {
     banned: RefCell<HashSet<NodeId>>,
     nat: NatType,
     stop: Cell<bool>,
-    /// Punches running.
-    punching: Cell<usize>,
+    /// Punches running: one permit each, at most [`MAX_PUNCHES`].
+    punching: Semaphore,
     /// Introductions and punches through the tracker (each punch gets its
     /// own probes from `router`, so several run at once).
     puncher: Puncher,
@@ -503,7 +503,7 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
         nat,
         stop: Cell::new(false),
         served,
-        punching: Cell::new(0),
+        punching: Semaphore::new(MAX_PUNCHES),
         puncher,
         router,
         setup,
@@ -1074,19 +1074,23 @@ fn dispatch(app: &Rc<App>) {
 /// waits for our answer.
 fn work(app: &Rc<App>, jobs: &Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
-        while app.punching.get() >= MAX_PUNCHES && !app.stop.get() {
-            sleep(Duration::from_millis(20));
-        }
+        // Wait for a free punch, looking at `stop` every 20 ms meanwhile.
+        let permit = loop {
+            match app.punching.acquire_timeout(Duration::from_millis(20)) {
+                Ok(p) => break p,
+                Err(AcquireError::Timeout) if !app.stop.get() => {}
+                Err(_) => return,
+            }
+        };
         if app.stop.get() {
             return;
         }
-        app.punching.set(app.punching.get() + 1);
         spawn(app, move |a| {
+            let _permit = permit;
             match job {
                 Job::Connect(peer) => connect(a, &peer),
                 Job::Accept { peer, token } => answer(a, &peer, token),
             }
-            a.punching.set(a.punching.get() - 1);
         });
     }
 }

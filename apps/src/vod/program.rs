@@ -18,7 +18,7 @@ use libnet::p2p::wire::{CatalogEntry, FileInfo, Holder};
 use libnet::p2p::{rudp_config, NatType, NodeId, NodeInfo, Role};
 use libnet::rand::random_u64;
 use libnet::rudp::RudpSocket;
-use libnet::sync::{channel, Receiver, RecvTimeoutError};
+use libnet::sync::{channel, Receiver, RecvTimeoutError, Semaphore};
 use libnet::time::sleep;
 
 use super::net::{fetch, Candidate, FetchConfig, Seeder, SeederConfig};
@@ -129,8 +129,8 @@ struct Node {
     router: Rc<ProbeRouter>,
     /// By tracker TCP address: ours first, then others met through holders.
     punchers: RefCell<HashMap<SocketAddr, Rc<Puncher>>>,
-    /// Punches being answered, over all trackers.
-    answering: Rc<Cell<usize>>,
+    /// Punches being answered, over all trackers: one permit each.
+    answering: Semaphore,
 }
 
 impl Node {
@@ -152,7 +152,7 @@ impl Node {
             hello,
             router,
             punchers: RefCell::new(HashMap::new()),
-            answering: Rc::new(Cell::new(0)),
+            answering: Semaphore::new(MAX_ANSWERS),
         });
         node.add_puncher(tracker.tracker_addr(), tracker);
         node
@@ -183,17 +183,16 @@ impl Node {
         let (puncher, answering) = (p.clone(), self.answering.clone());
         drop(libnet::spawn(move || {
             while let Ok((peer, token)) = rx.recv() {
-                while answering.get() >= MAX_ANSWERS {
-                    sleep(Duration::from_millis(20));
-                }
-                answering.set(answering.get() + 1);
-                let (p, answering) = (puncher.clone(), answering.clone());
+                let Ok(permit) = answering.acquire() else {
+                    return;
+                };
+                let p = puncher.clone();
                 drop(libnet::spawn(move || {
+                    let _permit = permit;
                     match p.answer(&peer, token) {
                         Ok(addr) => log::info!("vod: punched back to {addr}"),
                         Err(e) => log::info!("vod: punch from {:016x} failed: {e}", peer.id),
                     }
-                    answering.set(answering.get() - 1);
                 }));
             }
         }));

@@ -1,16 +1,19 @@
 //! Coroutine synchronisation: a bounded multi-producer multi-consumer
-//! channel and a oneshot. Both work between coroutines of one loop, across
-//! loops, and with plain threads: a full or empty channel parks only the
-//! calling coroutine (or blocks the calling plain thread).
+//! channel, a oneshot and a counting semaphore. All work between coroutines
+//! of one loop, across loops, and with plain threads: a full or empty
+//! channel, or a semaphore without a free permit, parks only the calling
+//! coroutine (or blocks the calling plain thread).
 //!
 //! To wait for several coroutines use [`crate::join_all`].
 
 pub mod channel;
 pub mod oneshot;
+pub mod semaphore;
 
 use std::fmt;
 
 pub use channel::{channel, Receiver, Sender};
+pub use semaphore::{AcquireError, Permit, Semaphore};
 
 /// The other side is gone and nothing is left to receive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
