@@ -34,7 +34,7 @@ use libnet::p2p::wire::{ErrorCode, Message};
 use libnet::p2p::{relay, rudp_config, Channel, NatType, NodeId, NodeInfo, Role, RoomId, Strategy};
 use libnet::rand::random_u64;
 use libnet::rudp::RudpSocket;
-use libnet::sync::{channel, AcquireError, Receiver, RecvTimeoutError, Semaphore, Sender};
+use libnet::sync::{channel, Receiver, RecvTimeoutError, Semaphore, Sender};
 use libnet::time::sleep;
 use p2p_apps::http::{Hub, Routes, Server};
 use p2p_apps::media::frag::Depacketizer;
@@ -564,6 +564,7 @@ fn run(setup: Setup, sig: &Receiver<i32>, started: Instant) -> Result<(), String
     // Wait for a signal, the end of --duration, or the edge gone for good.
     let why = wait_end(&app, sig);
     app.stop.set(true);
+    app.punching.close();
     let _ = app.tracker.bye();
     let remux = app.remux.borrow_mut().take();
     let stats = match remux {
@@ -1074,13 +1075,9 @@ fn dispatch(app: &Rc<App>) {
 /// waits for our answer.
 fn work(app: &Rc<App>, jobs: &Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
-        // Wait for a free punch, looking at `stop` every 20 ms meanwhile.
-        let permit = loop {
-            match app.punching.acquire_timeout(Duration::from_millis(20)) {
-                Ok(p) => break p,
-                Err(AcquireError::Timeout) if !app.stop.get() => {}
-                Err(_) => return,
-            }
+        // Wait for a free punch; stopping closes the semaphore.
+        let Ok(permit) = app.punching.acquire() else {
+            return;
         };
         if app.stop.get() {
             return;

@@ -23,6 +23,12 @@
 //! was handed to it in the meantime, releases that permit to the next waiter.
 //! A handed-over permit is never lost.
 //!
+//! [`Semaphore::close`] ends all waiting: parked and later callers get
+//! [`AcquireError::Closed`] (a waiter checks `closed` on waking before it
+//! counts itself handed over, and a closed semaphore's `release` only adds
+//! to the free count, so no permit is handed to a waiter that is leaving).
+//! Permits already held stay valid and are given back as usual.
+//!
 //! Outside a runtime the caller's thread blocks (`thread::park`), as with the
 //! channel; on an event-loop thread outside any coroutine, and once the
 //! runtime is shutting down, waiting fails with [`AcquireError::Shutdown`].
@@ -39,6 +45,8 @@ use crate::runtime::{current_waker, park_current, Waker};
 pub enum AcquireError {
     /// No permit came free before the timeout.
     Timeout,
+    /// The semaphore was closed ([`Semaphore::close`]).
+    Closed,
     /// The caller may not wait: the runtime is shutting down, or this is an
     /// event-loop thread outside any coroutine.
     Shutdown,
@@ -48,6 +56,7 @@ impl fmt::Display for AcquireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AcquireError::Timeout => f.write_str("timed out waiting for a semaphore permit"),
+            AcquireError::Closed => f.write_str("the semaphore is closed"),
             AcquireError::Shutdown => {
                 f.write_str("cannot wait for a semaphore permit here (runtime shutting down?)")
             }
@@ -63,6 +72,8 @@ struct State {
     /// Parked waiters, first come first served.
     waiters: VecDeque<(u64, Waker)>,
     next_ticket: u64,
+    /// Set by [`Semaphore::close`]: no more permits are handed out.
+    closed: bool,
 }
 
 struct Inner {
@@ -79,7 +90,12 @@ impl Inner {
     fn release(&self) {
         let next = {
             let mut s = self.lock();
-            let next = s.waiters.pop_front();
+            // Closed: the queued waiters are leaving; none is handed this.
+            let next = if s.closed {
+                None
+            } else {
+                s.waiters.pop_front()
+            };
             if next.is_none() {
                 s.permits += 1;
             }
@@ -114,6 +130,7 @@ impl Semaphore {
                     permits,
                     waiters: VecDeque::new(),
                     next_ticket: 0,
+                    closed: false,
                 }),
             }),
         }
@@ -133,14 +150,34 @@ impl Semaphore {
         self.acquire_deadline(Some(crate::time::deadline_after(timeout)))
     }
 
-    /// Takes a permit if one is free (and nobody is waiting), without waiting.
+    /// Takes a permit if one is free (and nobody is waiting), without
+    /// waiting; `None` once closed.
     pub fn try_acquire(&self) -> Option<Permit> {
         let mut s = self.inner.lock();
-        if s.permits == 0 {
+        if s.permits == 0 || s.closed {
             return None;
         }
         s.permits -= 1;
         Some(self.permit())
+    }
+
+    /// Refuses every further acquire and wakes every parked waiter, who
+    /// then fails with [`AcquireError::Closed`]. Permits already held stay
+    /// valid. Closing twice does nothing more.
+    pub fn close(&self) {
+        let wakers: Vec<Waker> = {
+            let mut s = self.inner.lock();
+            s.closed = true;
+            s.waiters.iter().map(|(_, w)| w.clone()).collect()
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Whether [`Semaphore::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closed
     }
 
     /// Permits free right now.
@@ -163,6 +200,9 @@ impl Semaphore {
         let expired = || deadline.is_some_and(|d| crate::time::clock_now() >= d);
         let ticket = {
             let mut s = self.inner.lock();
+            if s.closed {
+                return Err(AcquireError::Closed);
+            }
             if s.permits > 0 {
                 s.permits -= 1;
                 return Ok(self.permit());
@@ -184,7 +224,9 @@ impl Semaphore {
                 drop(s);
                 return Ok(place.into_permit());
             };
-            let gave_up = if parked.is_err() {
+            let gave_up = if s.closed {
+                Some(AcquireError::Closed)
+            } else if parked.is_err() {
                 Some(AcquireError::Shutdown)
             } else if expired() {
                 Some(AcquireError::Timeout)
@@ -325,6 +367,36 @@ mod tests {
         assert_eq!(sem.waiting(), 0);
         drop(held);
         assert_eq!(sem.available(), 1);
+    }
+
+    #[test]
+    fn close_wakes_waiters_with_an_error_and_held_permits_stay_valid() {
+        let sem = Semaphore::new(1);
+        let held = sem.acquire().expect("free permit");
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let s = sem.clone();
+                thread::spawn(move || s.acquire().map(drop))
+            })
+            .collect();
+        while sem.waiting() < 3 {
+            thread::yield_now();
+        }
+        sem.close();
+        for w in waiters {
+            assert_eq!(w.join().expect("waiter"), Err(AcquireError::Closed));
+        }
+        assert_eq!(sem.waiting(), 0);
+        assert!(sem.is_closed());
+        // The permit held before the close is given back, and not handed on.
+        drop(held);
+        assert_eq!(sem.available(), 1);
+        assert!(sem.try_acquire().is_none());
+        assert_eq!(sem.acquire().map(drop), Err(AcquireError::Closed));
+        assert_eq!(
+            sem.acquire_timeout(Duration::from_millis(1)).map(drop),
+            Err(AcquireError::Closed)
+        );
     }
 
     #[test]
