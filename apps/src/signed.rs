@@ -126,6 +126,13 @@ impl RoomKey {
         out
     }
 
+    /// The signature of `message`, which the caller has prefixed with a
+    /// signing context of its own (as [`crate::vod::index`] does), so that
+    /// it can never pass for a fragment or metadata signature.
+    pub(crate) fn sign_in_context(&self, message: &[u8]) -> [u8; SIG_LEN] {
+        self.0.sign(message).to_bytes()
+    }
+
     /// `value` followed by its signature as metadata `key` of `room`.
     pub fn sign_meta(&self, room: RoomId, key: &str, value: &[u8]) -> Vec<u8> {
         let sig = self.0.sign(&meta_message(room, key, value));

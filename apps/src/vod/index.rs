@@ -11,10 +11,10 @@ use std::io::{self, Read};
 use std::ops::Range;
 use std::path::Path;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use crate::signed::{unhex, RoomKey, PUBLIC_LEN, SIG_LEN};
+use crate::signed::{RoomKey, PUBLIC_LEN, SIG_LEN};
 
 /// The default piece size (256 KiB). The index records the size used.
 pub const PIECE_SIZE: usize = 256 * 1024;
@@ -426,18 +426,14 @@ impl SignedIndex {
     /// Refuses an index that does not pass [`FileIndex::check`].
     pub fn sign(index: FileIndex, key: &RoomKey) -> Result<SignedIndex, IndexError> {
         index.check()?;
-        let seed: [u8; 32] = unhex(&key.to_hex())
-            .and_then(|b| b.try_into().ok())
-            .expect("RoomKey::to_hex writes 32 bytes as 64 hex digits");
-        let key = SigningKey::from_bytes(&seed);
-        let publisher = key.verifying_key().to_bytes();
+        let publisher = key.public().to_bytes();
         let encoded = index.encode();
         let id = sha256(&encoded);
-        let sig = key.sign(&sign_message(&id));
+        let sig = key.sign_in_context(&sign_message(&id));
         let mut bytes = Vec::with_capacity(PUBLIC_LEN + encoded.len() + SIG_LEN);
         bytes.extend_from_slice(&publisher);
         bytes.extend_from_slice(&encoded);
-        bytes.extend_from_slice(&sig.to_bytes());
+        bytes.extend_from_slice(&sig);
         Ok(SignedIndex {
             index,
             id,
