@@ -88,6 +88,51 @@ fn clients_on_one_tracker_see_the_rooms_of_a_linked_one() {
     });
 }
 
+/// A tracker listening on a wildcard address names itself `0.0.0.0:PORT`;
+/// the trackers it links with, and those they gossip to, must list it at
+/// the address its link comes from, never the wildcard (a client would
+/// dial its own machine).
+#[test]
+fn a_tracker_on_a_wildcard_address_is_listed_where_it_is_reached() {
+    bounded(Duration::from_secs(60), || {
+        run_on(1, || {
+            let wild = loopback_tracker("0.0.0.0:0".parse().expect("valid"), Vec::new(), KEY);
+            assert!(wild.tcp_addr().ip().is_unspecified());
+            let reached: SocketAddr = ([127, 0, 0, 1], wild.tcp_addr().port()).into();
+            let t2 = start(vec![reached]);
+            let t3 = start(vec![t2.tcp_addr()]);
+            for (name, t) in [("tracker 2", &t2), ("tracker 3", &t3)] {
+                eventually(&format!("{name} lists the wildcard tracker"), || {
+                    t.trackers().contains(&reached)
+                });
+                assert!(
+                    t.trackers().iter().all(|a| !a.ip().is_unspecified()),
+                    "{name}: {:?}",
+                    t.trackers()
+                );
+            }
+            // The wildcard tracker learns the others, and not itself from
+            // their lists (where it is 127.0.0.1:PORT).
+            eventually("the wildcard tracker lists tracker 3", || {
+                wild.trackers().contains(&t3.tcp_addr())
+            });
+            assert!(!wild.trackers().contains(&reached), "{:?}", wild.trackers());
+            // And what clients are told, by any of them.
+            for t in [&t3, &wild] {
+                let dial: SocketAddr = ([127, 0, 0, 1], t.tcp_addr().port()).into();
+                let c = TrackerClient::connect(dial, T).expect("client connects");
+                let listed = c.trackers().expect("tracker list");
+                assert_eq!(listed[0], dial, "the tracker names itself first");
+                assert!(listed.contains(&reached), "{listed:?}");
+                assert!(
+                    listed.iter().all(|a| !a.ip().is_unspecified()),
+                    "{listed:?}"
+                );
+            }
+        });
+    });
+}
+
 #[test]
 fn rooms_keys_and_unknown_rooms() {
     bounded(Duration::from_secs(30), || {

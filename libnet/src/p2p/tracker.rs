@@ -377,6 +377,18 @@ fn expiry_loop(st: Rc<State>) {
     }
 }
 
+/// A linked tracker's address as it names it (or another tracker it
+/// lists), for use from here: a tracker listening on a wildcard address
+/// names itself `0.0.0.0:PORT` (or `[::]:PORT`), and is reached at the IP
+/// its link with us comes from (`link`).
+fn reached_at(named: SocketAddr, link: SocketAddr) -> SocketAddr {
+    if named.ip().is_unspecified() {
+        SocketAddr::new(link.ip(), named.port())
+    } else {
+        named
+    }
+}
+
 /// Who is at the other end of a connection, once it said.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Peer {
@@ -403,6 +415,12 @@ fn serve_conn(st: &Rc<State>, conn: TcpStream, addr: SocketAddr, first: Option<M
     // dialled; ours as seen from here may be private, behind a NAT or a
     // port forward).
     let here = SocketAddr::from(([0, 0, 0, 0], 0));
+    // Our own address as this connection reached it (ours may be a
+    // wildcard): to know ourselves in a linked tracker's list.
+    let me = match conn.local_addr() {
+        Ok(local) if st.tcp.ip().is_unspecified() => SocketAddr::new(local.ip(), st.tcp.port()),
+        _ => st.tcp,
+    };
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 16 * 1024];
     // Silent connections go after one TTL (heartbeats come far more often).
@@ -430,7 +448,7 @@ fn serve_conn(st: &Rc<State>, conn: TcpStream, addr: SocketAddr, first: Option<M
             if st.config.verbose {
                 log::info!("tracker: {addr}: {msg:?}");
             }
-            match handle(st, &mut peer, addr, here, msg, &out) {
+            match handle(st, &mut peer, (addr, me), here, msg, &out) {
                 Ok(true) => {}
                 Ok(false) => break 'conn,
                 Err(()) => {
@@ -533,10 +551,11 @@ fn chat_list(st: &State) -> Message {
 /// Handles one message that came from `addr` to `here` (the connection's
 /// two ends). `Ok(false)` ends the connection; `Err(())` means the outbox
 /// is full.
+/// `ends`: the other end's address, and ours as it reached us.
 fn handle(
     st: &Rc<State>,
     peer: &mut Peer,
-    addr: SocketAddr,
+    (addr, me): (SocketAddr, SocketAddr),
     here: SocketAddr,
     msg: Message,
     out: &Sender<Message>,
@@ -655,6 +674,7 @@ fn handle(
                 // Linked to ourselves (a list that names us): end it.
                 return Ok(false);
             }
+            let tcp = reached_at(tcp, addr);
             let first = *peer == Peer::Unknown;
             *peer = Peer::Tracker(id, tcp);
             st.reg.borrow_mut().add_trackers(&[tcp]);
@@ -673,8 +693,11 @@ fn handle(
         }
         Message::TrackersList { trackers } => {
             if let Peer::Tracker(..) = *peer {
-                let others: Vec<SocketAddr> =
-                    trackers.into_iter().filter(|&t| t != st.tcp).collect();
+                let others: Vec<SocketAddr> = trackers
+                    .into_iter()
+                    .map(|t| reached_at(t, addr))
+                    .filter(|&t| t != st.tcp && t != me)
+                    .collect();
                 st.reg.borrow_mut().add_trackers(&others);
             }
         }
@@ -718,16 +741,10 @@ fn handle(
         }
         Message::HoldingsList { holdings } => {
             if let Peer::Tracker(_, tcp) = *peer {
-                // A tracker listening on a wildcard address is reached at
-                // the IP its link comes from.
-                let tracker = if tcp.ip().is_unspecified() {
-                    SocketAddr::new(addr.ip(), tcp.port())
-                } else {
-                    tcp
-                };
+                // `tcp` is where the link reaches it (see `reached_at`).
                 st.reg
                     .borrow_mut()
-                    .merge_remote_holdings(&holdings, tracker, now);
+                    .merge_remote_holdings(&holdings, tcp, now);
             }
         }
         Message::ChatLogin { name } => {
