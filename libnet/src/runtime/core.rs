@@ -610,14 +610,14 @@ impl Core {
     /// How long the next poll may block (`None`: until an event, which may
     /// be the reactor's wake timer, armed here for the next timer).
     fn poll_timeout(&self) -> Option<Duration> {
-        let next = self.timers.borrow().next_deadline()?;
         if self.clock.is_manual() {
+            let next = self.timers.borrow().next_deadline()?;
             // Timers move only when the clock is advanced, which wakes us;
             // but an advance may already have happened while we ran.
             let now = self.clock.now().saturating_duration_since(self.origin);
             return (next <= now.as_millis() as u64).then_some(Duration::ZERO);
         }
-        let at = self.origin + Duration::from_millis(next);
+        let at = self.next_timer_at()?;
         if self.reactor.wakes_by(at) {
             // Armed no later than `at` already: no clock read, no syscall.
             return None;
@@ -629,6 +629,12 @@ impl Core {
         Some(at.saturating_duration_since(now))
     }
 
+    /// When the timer wheel may next have something to fire (system clock).
+    fn next_timer_at(&self) -> Option<Instant> {
+        let next = self.timers.borrow().next_deadline()?;
+        Some(self.origin + Duration::from_millis(next))
+    }
+
     /// Polls without blocking for up to the spin window (never past the
     /// next timer), yielding the CPU between polls to any other runnable
     /// thread. Returns whether work turned up: a coroutine woken, or a
@@ -638,10 +644,9 @@ impl Core {
         if window.is_zero() {
             return false;
         }
-        let mut until = start + window;
-        if let Some(next) = self.timers.borrow().next_deadline() {
-            until = until.min(self.origin + Duration::from_millis(next));
-        }
+        let until = self
+            .next_timer_at()
+            .map_or(start + window, |t| t.min(start + window));
         loop {
             if let Err(e) = self.reactor.poll(self, Some(Duration::ZERO)) {
                 log::error!("libnet: loop {} poll failed: {e}", self.index());
@@ -680,13 +685,8 @@ impl Core {
             let busy = !self.run_queue.borrow().is_empty();
             let mut timeout = Some(Duration::ZERO);
             // When this loop went idle, if it measures its idle periods.
-            let mut idle_since = None;
-            let mut spun_into_work = false;
-            if !busy && self.spin.get().enabled() {
-                let start = Instant::now();
-                spun_into_work = self.spin_until_work(start);
-                idle_since = Some(start);
-            }
+            let idle_since = (!busy && self.spin.get().enabled()).then(Instant::now);
+            let spun_into_work = idle_since.is_some_and(|start| self.spin_until_work(start));
             if !busy && !spun_into_work {
                 // Announce the sleep before the last checks, so a sender (or
                 // a manual clock's advance) either sees `sleeping` or is seen here.

@@ -85,10 +85,14 @@ pub struct Builder {
     pool_threads: usize,
     pool_queue: usize,
     clock: crate::time::Clock,
-    /// Whether [`Builder::spin`] was called (it then wins over
-    /// `LIBNET_SPIN_US`).
-    spin_set: bool,
+    /// What [`Builder::spin`] set; `None`: `LIBNET_SPIN_US`, else
+    /// [`DEFAULT_SPIN`] (resolved into `config` by [`Builder::build`]).
+    spin: Option<Duration>,
 }
+
+/// The idle spin's maximum when neither [`Builder::spin`] nor
+/// `LIBNET_SPIN_US` sets it.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(30);
 
 /// The environment variable that sets the idle spin's maximum in
 /// microseconds for runtimes whose builder did not ([`Builder::spin`]).
@@ -133,12 +137,12 @@ impl Builder {
                 stack_size: 256 * 1024,
                 max_pooled_stacks: 1024,
                 batch: 128,
-                spin: Duration::from_micros(30),
+                spin: DEFAULT_SPIN,
             },
             pool_threads: cores.max(2),
             pool_queue: 4096,
             clock: crate::time::Clock::system(),
-            spin_set: false,
+            spin: None,
         }
     }
 
@@ -186,8 +190,7 @@ impl Builder {
     /// this call, `LIBNET_SPIN_US` ([`SPIN_ENV`]) sets it, in microseconds
     /// (`0`: off), for programs built on libnet.
     pub fn spin(mut self, max: Duration) -> Builder {
-        self.config.spin = max;
-        self.spin_set = true;
+        self.spin = Some(max);
         self
     }
 
@@ -195,10 +198,9 @@ impl Builder {
     /// an unusable `LIBNET_SPIN_US` counts as unset here, and
     /// [`Builder::build`] reports it).
     pub fn spin_max(&self) -> Duration {
-        if self.spin_set {
-            return self.config.spin;
-        }
-        spin_from_env().ok().flatten().unwrap_or(self.config.spin)
+        self.spin
+            .or_else(|| spin_from_env().ok().flatten())
+            .unwrap_or(DEFAULT_SPIN)
     }
 
     /// Number of threads of the blocking-work pool ([`crate::spawn_blocking`]).
@@ -216,11 +218,10 @@ impl Builder {
 
     /// Creates the pollers; no thread starts until [`Runtime::run`].
     pub fn build(mut self) -> stdio::Result<Runtime> {
-        if !self.spin_set {
-            if let Some(spin) = spin_from_env()? {
-                self.config.spin = spin;
-            }
-        }
+        self.config.spin = match self.spin {
+            Some(spin) => spin,
+            None => spin_from_env()?.unwrap_or(DEFAULT_SPIN),
+        };
         let mut polls = Vec::with_capacity(self.loops);
         let mut remotes = Vec::with_capacity(self.loops);
         for i in 0..self.loops {
