@@ -139,17 +139,10 @@ impl TrackerClient {
     /// The trackers this tracker knows, itself first.
     pub fn trackers(&self) -> io::Result<Vec<SocketAddr>> {
         match self.request(Message::TrackersRequest)? {
-            // A tracker listening on a wildcard address names itself
-            // `0.0.0.0:PORT`: it is at the IP we dialled.
+            // A wildcard is at the IP we dialled.
             Message::TrackersList { trackers } => Ok(trackers
                 .into_iter()
-                .map(|t| {
-                    if t.ip().is_unspecified() {
-                        SocketAddr::new(self.tracker.ip(), t.port())
-                    } else {
-                        t
-                    }
-                })
+                .map(|t| super::reached_at(t, self.tracker.ip()))
                 .collect()),
             other => Err(unexpected(&other)),
         }

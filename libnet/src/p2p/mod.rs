@@ -6,7 +6,7 @@
 //!
 //! The types here are the vocabulary both share.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 pub mod client;
 pub mod connect;
@@ -25,6 +25,18 @@ pub fn rudp_config() -> crate::rudp::Config {
     crate::rudp::Config {
         foreign_magic: Some(wire::MAGIC),
         ..crate::rudp::Config::default()
+    }
+}
+
+/// A tracker's address as a tracker names it, for use by someone who
+/// reaches that tracker at `ip`: a tracker listening on a wildcard address
+/// names itself `0.0.0.0:PORT` (or `[::]:PORT`), which would dial the
+/// caller's own machine.
+pub(crate) fn reached_at(named: SocketAddr, ip: IpAddr) -> SocketAddr {
+    if named.ip().is_unspecified() {
+        SocketAddr::new(ip, named.port())
+    } else {
+        named
     }
 }
 

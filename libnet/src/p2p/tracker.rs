@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use super::registry::{self, Registry, RegistryError};
 use super::wire::{self, ChatUser, Decoder, ErrorCode, Message, ReplyFrom};
-use super::{NodeId, NodeInfo};
+use super::{reached_at, NodeId, NodeInfo};
 use crate::net::{TcpListener, TcpStream, UdpSocket};
 use crate::sync::{channel, Receiver, Sender};
 use crate::time::{clock_now, sleep, sleep_until};
@@ -377,18 +377,6 @@ fn expiry_loop(st: Rc<State>) {
     }
 }
 
-/// A linked tracker's address as it names it (or another tracker it
-/// lists), for use from here: a tracker listening on a wildcard address
-/// names itself `0.0.0.0:PORT` (or `[::]:PORT`), and is reached at the IP
-/// its link with us comes from (`link`).
-fn reached_at(named: SocketAddr, link: SocketAddr) -> SocketAddr {
-    if named.ip().is_unspecified() {
-        SocketAddr::new(link.ip(), named.port())
-    } else {
-        named
-    }
-}
-
 /// Who is at the other end of a connection, once it said.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Peer {
@@ -548,10 +536,10 @@ fn chat_list(st: &State) -> Message {
     Message::ChatList { users }
 }
 
-/// Handles one message that came from `addr` to `here` (the connection's
-/// two ends). `Ok(false)` ends the connection; `Err(())` means the outbox
-/// is full.
-/// `ends`: the other end's address, and ours as it reached us.
+/// Handles one message on a connection between `addr` (the other end) and
+/// `me` (our address as that connection reached it); `here` is what local
+/// holders' `Holder::tracker` says. `Ok(false)` ends the connection;
+/// `Err(())` means the outbox is full.
 fn handle(
     st: &Rc<State>,
     peer: &mut Peer,
@@ -674,7 +662,8 @@ fn handle(
                 // Linked to ourselves (a list that names us): end it.
                 return Ok(false);
             }
-            let tcp = reached_at(tcp, addr);
+            // A wildcard is reached at the IP its link comes from.
+            let tcp = reached_at(tcp, addr.ip());
             let first = *peer == Peer::Unknown;
             *peer = Peer::Tracker(id, tcp);
             st.reg.borrow_mut().add_trackers(&[tcp]);
@@ -695,7 +684,7 @@ fn handle(
             if let Peer::Tracker(..) = *peer {
                 let others: Vec<SocketAddr> = trackers
                     .into_iter()
-                    .map(|t| reached_at(t, addr))
+                    .map(|t| reached_at(t, addr.ip()))
                     .filter(|&t| t != st.tcp && t != me)
                     .collect();
                 st.reg.borrow_mut().add_trackers(&others);
