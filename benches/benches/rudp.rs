@@ -232,7 +232,7 @@ fn loopback_thread<T: Send + 'static>(
 
 /// Round trips per second of 64-byte messages over one RUDP connection,
 /// each end on its own one-loop runtime; `spin` is the loops' idle spin
-/// (`Builder::spin`: the default 50 µs, or zero to sleep at once).
+/// (`Builder::spin_max()`, the default, or zero to sleep at once).
 fn ping_pong_rudp(secs: f64, spin: Duration) -> f64 {
     let on_runtime = move |f: Box<dyn FnOnce() -> f64>| {
         libnet::Runtime::builder()
